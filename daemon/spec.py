@@ -107,16 +107,16 @@ class NodeSpec(_Base):
     sets: list[NodeSet | None] = msgspec.field(default_factory=list)
     deps: list[str] = msgspec.field(default_factory=list)
     retry: int = 0
-    retryWait: str | None = None  # noqa: N815 - the YAML name
+    retryWait: str | None = None
     if_: str | None = msgspec.field(default=None, name="if")
     eq: dict[str, str] | None = None
     # spind extensions
     with_: dict[str, Any] | None = msgspec.field(default=None, name="with")
     timeout: str | None = None
-    onInterrupt: str | None = None  # noqa: N815
-    retryBackoff: float | None = None  # noqa: N815
-    retryMaxWait: str | None = None  # noqa: N815
-    retryOn: list[int] | None = None  # noqa: N815
+    onInterrupt: str | None = None
+    retryBackoff: float | None = None
+    retryMaxWait: str | None = None
+    retryOn: list[int] | None = None
 
     @property
     def each_pairs(self) -> list[tuple[str, str]]:
@@ -133,7 +133,7 @@ class NodeSpec(_Base):
         return self.category == Category.CONDITIONAL
 
     def called_sequences(self) -> list[str]:
-        """Sequences this node may import (one for a sequence node, every branch for a conditional)."""
+        """Sequences this node may import (a sequence node: one; a conditional: each branch)."""
         if self.category == Category.SEQUENCE and self.type:
             return [self.type]
         if self.category == Category.CONDITIONAL and self.eq:
@@ -165,14 +165,14 @@ class SequenceSpec(_Base):
     nodes: dict[str, NodeSpec | None] = msgspec.field(default_factory=dict)
     # spind extensions (request level)
     timeout: str | None = None
-    failFast: bool = False  # noqa: N815
+    failFast: bool = False
     desc: str = ""
 
     def node_list(self) -> list[NodeSpec]:
         return [n for n in self.nodes.values() if n is not None]
 
     def arg_names(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for group in (self.args.required, self.args.optional, self.args.static):
             out.extend(a.name for a in group if a is not None and a.name)
         return out

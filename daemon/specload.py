@@ -327,7 +327,9 @@ def _decode_file(raw: Any, result: FileResult) -> None:
         return
     if not isinstance(seqs, dict):
         line, col = _pos(result, ("sequences",))
-        result.diagnostics.append(_err(fn, "`sequences` must be a mapping of name -> sequence", line, col))
+        result.diagnostics.append(
+            _err(fn, "`sequences` must be a mapping of name -> sequence", line, col)
+        )
         return
     for name, body in seqs.items():
         base: PathKey = ("sequences", name)
@@ -348,8 +350,14 @@ def _decode_file(raw: Any, result: FileResult) -> None:
         elif nodes_raw is not None:
             line, col = _pos(result, (*base, "nodes"))
             result.diagnostics.append(
-                _err(fn, "`nodes` must be a mapping of name -> node", line, col,
-                     check="type", sequence=name)
+                _err(
+                    fn,
+                    "`nodes` must be a mapping of name -> node",
+                    line,
+                    col,
+                    check="type",
+                    sequence=name,
+                )
             )
         seq_body = {k: v for k, v in body.items() if k != "nodes" and v is not None}
         if isinstance(seq_body.get("args"), dict):
@@ -370,8 +378,14 @@ def _decode_node(result: FileResult, base: PathKey, node_name: str, body: Any) -
     if not isinstance(body, dict):
         line, col = _pos(result, npath)
         result.diagnostics.append(
-            _err(result.filename, "a node must be a mapping", line, col, check="type",
-                 **_seq_node(npath))
+            _err(
+                result.filename,
+                "a node must be a mapping",
+                line,
+                col,
+                check="type",
+                **_seq_node(npath),
+            )
         )
         return None
     _unknown_fields(result, body, "node", npath)
@@ -415,7 +429,11 @@ def _unknown_fields(result: FileResult, raw: dict[str, Any], kind: str, path: Pa
         if key in known:
             continue
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(sorted(known))}"
+        hint = (
+            f"; did you mean {close[0]!r}?"
+            if close
+            else f"; known fields: {', '.join(sorted(known))}"
+        )
         line, col = _pos(result, (*path, key))
         result.diagnostics.append(
             Diagnostic(
@@ -435,11 +453,7 @@ def spec_files(directory: str | os.PathLike[str]) -> list[Path]:
     root = Path(directory)
     if root.is_file():
         return [root]
-    found = [
-        p
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in (".yaml", ".yml")
-    ]
+    found = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".yaml", ".yml")]
     return sorted(found, key=lambda p: str(p))
 
 
