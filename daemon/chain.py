@@ -152,6 +152,8 @@ class ChainPatch(msgspec.Struct, kw_only=True, omit_defaults=True):
     remove_edges: list[tuple[str, str]] = msgspec.field(default_factory=list)
     scopes: list[Scope] = msgspec.field(default_factory=list)
     groups: list[Group] = msgspec.field(default_factory=list)
+    #: (scope, name, value): values that create() hooks set in scopes that existed before
+    vars_set: list[tuple[str, str, Any]] = msgspec.field(default_factory=list)
     next_id: int = 0
 
 
@@ -162,7 +164,7 @@ class ScopeVars:
         self.chain = chain
         self.values: dict[str, dict[str, Any]] = {}
 
-    def _vars(self, scope_id: str) -> dict[str, Any]:
+    def vars_of(self, scope_id: str) -> dict[str, Any]:
         v = self.values.get(scope_id)
         if v is None:
             v = dict(self.chain.scopes[scope_id].vars)
@@ -175,7 +177,7 @@ class ScopeVars:
         sid: str | None = scope_id
         while sid is not None and seen < 1000:
             seen += 1
-            vals = self._vars(sid)
+            vals = self.vars_of(sid)
             if name in vals:
                 return True, vals[name]
             scope = self.chain.scopes[sid]
@@ -196,7 +198,7 @@ class ScopeVars:
         depth = 0
         while sid is not None and depth < 1000:
             depth += 1
-            self._vars(sid)[name] = value
+            self.vars_of(sid)[name] = value
             scope = self.chain.scopes[sid]
             lifted = None
             for here, there in scope.lifts:
@@ -216,6 +218,11 @@ class ScopeVars:
             if found:
                 args[expected] = value
         return args
+
+    def apply_patch(self, patch: ChainPatch) -> None:
+        """Values an expansion's create() hooks set (already lifted, so no lifting here)."""
+        for scope_id, name, value in patch.vars_set:
+            self.vars_of(scope_id)[name] = value
 
     def apply_outputs(self, job: ChainJob, outputs: dict[str, Any]) -> None:
         """A job finished: its declared outputs become visible in its scope (and lifted)."""
