@@ -94,9 +94,9 @@ def _is_arg_value(value: Any) -> bool:
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", dict: "an object"}.get(
-        type(value), type(value).__name__
-    )
+    kinds = {bool: "a boolean", int: "a number", float: "a number", dict: "an object"}
+    kinds |= {str: "a string", list: "a list"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def reachable_sequences(specs: Mapping[str, SequenceSpec], root: str) -> dict[str, SequenceSpec]:
@@ -436,6 +436,8 @@ class _Builder:
             if a is not None and a.name:
                 vars_[a.name] = a.default if a.default is not None else ""
         vars_.update(extra)
+        # an `each` element passed under another name (`args: [{expected: x, given: element}]`)
+        vars_.update({e: extra[g] for e, g in imports if g in extra})
         sid = self.new_scope(
             sequence=target,
             node=node.name,
@@ -513,6 +515,16 @@ class _Builder:
             if allow_defer:
                 return self._defer(node, scope, f"parallel {node.parallel}")
             raise BuildError(f"{where}: arg {node.parallel!r} (parallel) is not set")
+        if_arg = node.if_ or ""
+        if (
+            allow_defer
+            and count
+            and node.category == Category.CONDITIONAL
+            and if_arg not in {el for _l, el in pairs}
+            and not self.lookup(scope, if_arg)[0]
+        ):
+            # the copies choose their branch by an arg set only at run time
+            return self._defer(node, scope, f"if {if_arg}")
         gid = self._id("g")
         copies: list[str] = []
         entries: list[str] = []

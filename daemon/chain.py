@@ -140,6 +140,9 @@ class Chain(msgspec.Struct, kw_only=True, omit_defaults=True):
             self.scopes[scope.id] = scope
         for group in patch.groups:
             self.groups[group.id] = group
+        for scope_id, name, value in patch.vars_set:
+            # values a create() hook set are part of the scope from now on (also on reset)
+            self.scopes[scope_id].vars[name] = value
         self.next_id = max(self.next_id, patch.next_id)
 
 

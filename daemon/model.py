@@ -141,3 +141,31 @@ class RunningJob(_Wire):
     status: str = ""
     request_type: str = ""
     user: str = ""
+
+
+class ArgView(_Wire):
+    name: str
+    kind: str  # "required" | "optional" | "static"
+    desc: str = ""
+    default: str | None = None
+
+
+class RequestTypeView(_Wire):
+    """A request type users may start (`GET /api/v1/request-list`)."""
+
+    name: str
+    desc: str = ""
+    args: list[ArgView] = msgspec.field(default_factory=list)
+    file: str = ""
+
+
+class HealthView(_Wire):
+    ok: bool
+    journal_writable: bool
+    loop_lag_ms: float
+    shutting_down: bool = False
+    specs_ok: bool = True
+    specs_errors: list[str] = msgspec.field(default_factory=list)
+    running_requests: int = 0
+    running_jobs: int = 0
+    last_journal_error: str = ""

@@ -1,0 +1,163 @@
+"""Who is calling, and may they do this?
+
+Identity: over the Unix socket, the peer's Unix user (SO_PEERCRED); over TCP, the user whose
+token's SHA-256 matches `Authorization: Bearer <token>` (compared in constant time; the token is
+never logged). Without an auth section every caller is allowed, and the identity (socket peer,
+or "anonymous" over TCP) is only recorded.
+
+Permission: reads need any identity; `start` needs the op `start` in the request type's ACL,
+stop/suspend/resume/retry/skip need `stop`; an ACL entry with `admin` allows every op, and so do
+the configured admin roles. A type without an ACL is open to every authenticated user.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import pwd
+import socket
+import struct
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from daemon.api.trace import CALLER
+from daemon.errors import Forbidden, Unauthorized
+from daemon.spec import ACL
+
+ANONYMOUS = "anonymous"
+
+
+class TokenEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A token holder: `sha256` is the hex SHA-256 of the token, never the token itself."""
+
+    user: str
+    sha256: str
+
+
+class AuthSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The `auth` config section; `enabled` is true when the section exists."""
+
+    enabled: bool = False
+    tokens: list[TokenEntry] = msgspec.field(default_factory=list)
+    roles: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    admin_roles: list[str] = msgspec.field(default_factory=list)
+
+
+class Op(enum.StrEnum):
+    READ = "read"
+    START = "start"
+    STOP = "stop"
+
+
+class Identity(msgspec.Struct, frozen=True):
+    user: str
+    via: str  # "socket" | "token" | "anonymous"
+
+
+IDENTITY = web.RequestKey("identity", Identity)
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def user_for_uid(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return f"uid:{uid}"
+
+
+def peer_uid(sock: Any) -> int | None:
+    """The uid of the process at the other end of a Unix socket, or None (TCP, not Linux)."""
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or opt is None or getattr(sock, "family", None) != socket.AF_UNIX:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return int(uid)
+
+
+def token_user(settings: AuthSettings, authorization: str | None) -> str | None:
+    """The user a bearer token belongs to; every entry is compared, in constant time."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    digest = token_sha256(token).encode()
+    found: str | None = None
+    for entry in settings.tokens:
+        expected = entry.sha256.strip().lower().encode("utf-8", "replace")
+        if hmac.compare_digest(digest, expected) and found is None:
+            found = entry.user
+    return found
+
+
+def identify(
+    settings: AuthSettings, *, is_unix: bool, uid: int | None, authorization: str | None
+) -> Identity | None:
+    """The caller's identity, or None when there is none (a 401 when auth is enabled)."""
+    if is_unix:
+        return Identity(user_for_uid(uid) if uid is not None else "local", "socket")
+    if settings.enabled:
+        user = token_user(settings, authorization)
+        return Identity(user, "token") if user is not None else None
+    return Identity(ANONYMOUS, "anonymous")
+
+
+def may(settings: AuthSettings, user: str, op: Op, acl: list[ACL] | None) -> bool:
+    """Whether `user` may do `op` on a request type with this ACL (None: type unknown)."""
+    if not settings.enabled:
+        return True
+    roles = set(settings.roles.get(user, ()))
+    if roles & set(settings.admin_roles):
+        return True
+    if op is Op.READ:
+        return True
+    if acl is None:
+        return False
+    if not acl:
+        return True
+    for entry in acl:
+        names = entry.op_names
+        if entry.role in roles and ("admin" in names or op.value in names):
+            return True
+    return False
+
+
+def check(request: web.Request, op: Op, acl: list[ACL] | None, what: str) -> None:
+    """Raise Forbidden unless the caller may do `op`; `what` names the thing in the message."""
+    settings = request.app[AUTH]
+    ident = request[IDENTITY]
+    if not may(settings, ident.user, op, acl):
+        raise Forbidden(f"{ident.user} may not {op.value} {what}", {"user": ident.user})
+
+
+AUTH = web.AppKey("auth", AuthSettings)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    settings = request.app[AUTH]
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    is_unix = getattr(sock, "family", None) == socket.AF_UNIX
+    ident = identify(
+        settings,
+        is_unix=is_unix,
+        uid=peer_uid(sock) if is_unix else None,
+        authorization=request.headers.get("Authorization"),
+    )
+    if ident is None:
+        raise Unauthorized()
+    request[IDENTITY] = ident
+    request[CALLER] = ident.user
+    return await handler(request)

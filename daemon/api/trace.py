@@ -1,0 +1,71 @@
+"""Trace ids: one per HTTP call, taken from the client's `X-Request-Id` when it is sane.
+
+The outermost middleware picks the id, runs the handler inside `logger.contextualize(trace_id=...)`
+so every log line of the call carries it, and writes one access-log line when the call ends.
+The response header is set in `on_response_prepare`, so that streamed responses (SSE) and error
+responses carry it too.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from loguru import logger
+
+HEADER = "X-Request-Id"
+TRACE_ID = web.RequestKey("trace_id", str)
+#: who made the call, for the access log (set by the auth middleware)
+CALLER = web.RequestKey("caller", str)
+
+_VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def new_trace_id() -> str:
+    return uuid.uuid4().hex
+
+
+def pick_trace_id(header: str | None) -> str:
+    """The client's id when it is 1-128 of [A-Za-z0-9._:-], else a fresh one."""
+    if header is not None and _VALID.fullmatch(header):
+        return header
+    return new_trace_id()
+
+
+def trace_id_of(request: web.Request) -> str:
+    tid = request.get(TRACE_ID)
+    if tid is None:
+        tid = pick_trace_id(request.headers.get(HEADER))
+        request[TRACE_ID] = tid
+    return tid
+
+
+@web.middleware
+async def trace_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    tid = trace_id_of(request)
+    start = time.monotonic()
+    status = 500
+    with logger.contextualize(trace_id=tid):
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        finally:
+            logger.info(
+                "{method} {path} {status} {ms:.1f}ms user={user}",
+                method=request.method,
+                path=request.path[:200],
+                status=status,
+                ms=(time.monotonic() - start) * 1000,
+                user=request.get(CALLER, "-"),
+                action="http_access",
+            )
+
+
+async def add_trace_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """`on_response_prepare` hook: every response echoes the trace id."""
+    if isinstance(request, web.Request):
+        response.headers[HEADER] = trace_id_of(request)

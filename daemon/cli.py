@@ -1,0 +1,125 @@
+"""The `spind` command: `serve`, `lint`, `plan`, `version`, and the client commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from daemon import __version__
+
+
+def _config_jobs(config_path: str | None) -> tuple[str, dict[str, str]] | int:
+    """(specs dir, jobs mapping) from the config, for the offline commands; an int on error."""
+    from daemon.config import ConfigError, load_config
+
+    try:
+        cfg, _file = load_config(config_path)
+    except ConfigError as exc:
+        print(f"spind: config: {exc.message}", file=sys.stderr)
+        return 2
+    return cfg.specs, dict(cfg.jobs)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from daemon.app import serve
+
+    overrides: dict[str, Any] = {
+        "specs": args.specs,
+        "journal": args.journal,
+        "listen": args.listen,
+        "socket": args.socket,
+    }
+    return serve(args.config, overrides)
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from daemon.diagnostics import has_errors
+    from daemon.jobs.registry import JobFactory
+    from daemon.lint import lint
+    from daemon.specload import load_dir
+
+    got = _config_jobs(args.config)
+    if isinstance(got, int):
+        return got
+    specs_dir, jobs = got
+    directory = args.dir or os.environ.get("SPIND_SPECS") or specs_dir
+    specs = load_dir(directory)
+    diags = lint(specs, JobFactory(jobs))
+    for d in diags:
+        print(d.format())
+    errors = sum(1 for d in diags if d.is_error)
+    warnings = len(diags) - errors
+    print(
+        f"{directory}: {len(specs.sequences)} sequences in {len(specs.files)} files, "
+        f"{errors} errors, {warnings} warnings",
+        file=sys.stderr,
+    )
+    return 1 if has_errors(diags) else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from daemon.plan import plan_command
+
+    got = _config_jobs(args.config)
+    if isinstance(got, int):
+        return got
+    specs_dir, jobs = got
+    directory = args.specs or os.environ.get("SPIND_SPECS") or specs_dir
+    return asyncio.run(plan_command(directory, jobs, args.type, args.args, args.json))
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"spind {__version__}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spind", description="spind: a job-chain daemon")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("serve", help="run the daemon")
+    s.add_argument("--config", help="config file (default: $SPIND_CONFIG, ./spind.yaml)")
+    s.add_argument("--specs", help="specs directory ($SPIND_SPECS)")
+    s.add_argument("--journal", help="journal file, SQLite ($SPIND_JOURNAL)")
+    s.add_argument("--listen", help="HOST:PORT for HTTP, '' to disable ($SPIND_LISTEN)")
+    s.add_argument("--socket", help="Unix socket path, '' to disable ($SPIND_SOCKET)")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("lint", help="check the specs; exit 1 on errors")
+    s.add_argument("dir", nargs="?", help="specs directory (default: the config's specs)")
+    s.add_argument("--config", help="config file (for its `jobs:` mapping)")
+    s.set_defaults(func=cmd_lint)
+
+    s = sub.add_parser("plan", help="print the chain a request would build; runs nothing")
+    s.add_argument("--config", help="config file")
+    s.add_argument("--specs", help="specs directory")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("type", help="request type")
+    s.add_argument("args", nargs="*", metavar="key=value", help="request args")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("version", help="print the version")
+    s.set_defaults(func=cmd_version)
+
+    try:
+        from daemon.cli_client import register
+    except ImportError:  # pragma: no cover - the client is part of the package
+        pass
+    else:
+        register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Live events: the journal's event rows, fanned out to whoever follows a request.
+
+Events are published only after the transaction that wrote them committed, in commit order.
+A follower first subscribes, then reads the backlog from the journal, then takes live events,
+skipping what the backlog already gave; a follower that falls too far behind is dropped back
+to reading the journal, so a slow client never holds memory of the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+from daemon.model import Event, RequestState
+
+#: events a follower may lag behind before it is sent back to the journal
+QUEUE_LIMIT = 10_000
+
+_FINAL = {str(s) for s in RequestState if s.finished}
+
+
+def is_end(ev: Event) -> bool:
+    return ev.kind == "request" and ev.state in _FINAL
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subs: dict[str, set[asyncio.Queue[Event | None]]] = {}
+
+    def publish(self, events: Iterable[Event]) -> None:
+        for ev in events:
+            for q in list(self._subs.get(ev.request_id, ())):
+                try:
+                    q.put_nowait(ev)
+                except asyncio.QueueFull:
+                    # too slow: drop its queue; it will read the journal again
+                    self._subs[ev.request_id].discard(q)
+                    while not q.empty():
+                        q.get_nowait()
+                    q.put_nowait(None)
+
+    def subscribe(self, request_id: str) -> asyncio.Queue[Event | None]:
+        q: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+        self._subs.setdefault(request_id, set()).add(q)
+        return q
+
+    def unsubscribe(self, request_id: str, q: asyncio.Queue[Event | None]) -> None:
+        subs = self._subs.get(request_id)
+        if subs is not None:
+            subs.discard(q)
+            if not subs:
+                del self._subs[request_id]
+
+    async def follow(
+        self,
+        request_id: str,
+        after_seq: int,
+        backlog: Callable[[str, int], Awaitable[list[Event]]],
+        is_finished: Callable[[], Awaitable[bool]],
+    ) -> AsyncIterator[Event]:
+        """Backlog then live events of one request; ends after its final state."""
+        last = after_seq
+        while True:
+            q = self.subscribe(request_id)
+            try:
+                while True:
+                    page = await backlog(request_id, last)
+                    for ev in page:
+                        last = ev.seq
+                        yield ev
+                        if is_end(ev):
+                            return
+                    if len(page) < 1000:
+                        break
+                if await is_finished():
+                    # finished before we subscribed and its end event was read above,
+                    # or pruned: nothing more will come
+                    for ev in await backlog(request_id, last):
+                        last = ev.seq
+                        yield ev
+                    return
+                while True:
+                    item = await q.get()
+                    if item is None:
+                        break  # dropped for lagging: read the journal again
+                    if item.seq <= last:
+                        continue
+                    last = item.seq
+                    yield item
+                    if is_end(item):
+                        return
+            finally:
+                self.unsubscribe(request_id, q)

@@ -1,0 +1,227 @@
+"""Every SQL statement the journal runs (the schema itself lives in migrations/*.sql).
+
+Parameters are named (`:name`). Variable-length lists (states, job ids, filters) are passed
+as one JSON array or object and unpacked with `json_each`, so that every statement here is
+a constant and is prepared once per connection.
+"""
+
+from __future__ import annotations
+
+#: `PRAGMA application_id` of every spind journal ("SPIN" in ASCII).
+APPLICATION_ID = 0x5350494E
+
+# -- opening ---------------------------------------------------------------------------------
+
+READ_APPLICATION_ID = "PRAGMA application_id"
+SET_APPLICATION_ID = f"PRAGMA application_id = {APPLICATION_ID}"
+SET_WAL = "PRAGMA journal_mode = WAL"
+SET_SYNCHRONOUS = "PRAGMA synchronous = {level}"  # level checked against SYNCHRONOUS_LEVELS
+SYNCHRONOUS_LEVELS = ("NORMAL", "FULL", "EXTRA")
+SET_BUSY_TIMEOUT = "PRAGMA busy_timeout = {ms:d}"
+SET_FOREIGN_KEYS = "PRAGMA foreign_keys = ON"
+SET_QUERY_ONLY = "PRAGMA query_only = ON"
+INTEGRITY_CHECK = "PRAGMA integrity_check"
+
+LIST_SCHEMA = (
+    "SELECT type, name, tbl_name, sql FROM sqlite_master"
+    " WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+)
+HAS_MIGRATIONS_TABLE = (
+    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+)
+CREATE_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at REAL NOT NULL
+)"""
+APPLIED_MIGRATIONS = "SELECT version, name FROM schema_migrations ORDER BY version"
+RECORD_MIGRATION = (
+    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (:version, :name, :at)"
+)
+
+# -- transactions ------------------------------------------------------------------------------
+
+BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
+BEGIN_READ = "BEGIN DEFERRED"
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
+SAVEPOINT = "SAVEPOINT journal_item"
+ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT journal_item"
+RELEASE_SAVEPOINT = "RELEASE SAVEPOINT journal_item"
+
+# -- writes ------------------------------------------------------------------------------------
+
+INSERT_BOOT = (
+    "INSERT INTO boots (id, pid, version, started_at) VALUES (:id, :pid, :version, :started_at)"
+)
+
+INSERT_REQUEST = """INSERT INTO requests (
+    id, type, user, args, state, created_at, started_at, finished_at, trace_id, reason,
+    idempotency_key, body_hash
+) VALUES (
+    :id, :type, :user, :args, :state, :created_at, :started_at, :finished_at, :trace_id,
+    :reason, :idempotency_key, :body_hash
+)"""
+
+INSERT_CHAIN = "INSERT INTO chains (request_id, chain) VALUES (:request_id, :chain)"
+
+INSERT_JOB = """INSERT INTO jobs (request_id, job_id, name, type, scope, kind, state)
+VALUES (:request_id, :job_id, :name, :type, :scope, :kind, 'PENDING')"""
+
+INSERT_EVENT = """INSERT INTO events (request_id, kind, state, at, job_id, try, detail)
+VALUES (:request_id, :kind, :state, :at, :job_id, :try, :detail)"""
+
+#: CAS: the new state only if the current one is in the JSON array :expect.
+SET_REQUEST_STATE = """UPDATE requests SET
+    state = :state,
+    reason = :reason,
+    started_at = CASE
+        WHEN :state = 'RUNNING' AND started_at IS NULL THEN :at ELSE started_at END,
+    finished_at = CASE
+        WHEN :state IN ('COMPLETE', 'FAIL', 'STOPPED') THEN :at ELSE NULL END
+WHERE id = :request_id AND state IN (SELECT value FROM json_each(:expect))"""
+
+REQUEST_STATE = "SELECT state FROM requests WHERE id = :request_id"
+JOB_STATE = "SELECT state FROM jobs WHERE request_id = :request_id AND job_id = :job_id"
+LOG_STATE = """SELECT state FROM job_log
+WHERE request_id = :request_id AND job_id = :job_id AND try = :try"""
+
+START_JOB = """UPDATE jobs SET state = 'RUNNING', tries = :try, seq_try = :seq_try
+WHERE request_id = :request_id AND job_id = :job_id AND state = 'PENDING'"""
+
+INSERT_LOG = """INSERT INTO job_log (
+    request_id, job_id, try, seq_try, state, started_at, boot_id
+) VALUES (:request_id, :job_id, :try, :seq_try, 'RUNNING', :at, :boot_id)"""
+
+#: CAS RUNNING -> :state; outputs and a finish order only when the job completed.
+FINISH_JOB = """UPDATE jobs SET
+    state = :state,
+    outputs = CASE WHEN :state = 'COMPLETE' THEN :outputs ELSE NULL END,
+    finish_order = CASE WHEN :state = 'COMPLETE' THEN (
+        SELECT COALESCE(MAX(finish_order), 0) + 1 FROM jobs WHERE request_id = :request_id
+    ) ELSE NULL END
+WHERE request_id = :request_id AND job_id = :job_id AND state = 'RUNNING'"""
+
+FINISH_LOG = """UPDATE job_log SET
+    state = :state, exit = :exit, error = :error, stdout = :stdout, stderr = :stderr,
+    finished_at = :at
+WHERE request_id = :request_id AND job_id = :job_id AND try = :try AND state = 'RUNNING'"""
+
+NEXT_PATCH_NUMBER = """SELECT COALESCE(MAX(n), 0) + 1 FROM chain_patches
+WHERE request_id = :request_id"""
+
+INSERT_PATCH = """INSERT INTO chain_patches (request_id, n, deferred, patch)
+VALUES (:request_id, :n, :deferred, :patch)"""
+
+#: CAS PENDING|RUNNING -> COMPLETE for the deferred node a patch replaced.
+COMPLETE_DEFERRED = """UPDATE jobs SET
+    state = 'COMPLETE',
+    outputs = '{}',
+    finish_order = (
+        SELECT COALESCE(MAX(finish_order), 0) + 1 FROM jobs WHERE request_id = :request_id
+    )
+WHERE request_id = :request_id AND job_id = :job_id AND kind = 'deferred'
+    AND state IN ('PENDING', 'RUNNING')"""
+
+#: Jobs in :job_ids (JSON array) that are not RUNNING go back to PENDING; tries are kept.
+RESET_JOBS = """UPDATE jobs SET
+    state = 'PENDING',
+    outputs = NULL,
+    finish_order = NULL,
+    seq_try = COALESCE(:seq_try, seq_try)
+WHERE request_id = :request_id AND state != 'RUNNING'
+    AND job_id IN (SELECT value FROM json_each(:job_ids))"""
+
+JOB_STATES_OF = """SELECT job_id, state FROM jobs
+WHERE request_id = :request_id AND job_id IN (SELECT value FROM json_each(:job_ids))"""
+
+UPSERT_SCOPE_TRIES = """INSERT INTO scope_tries (request_id, scope_id, tries)
+VALUES (:request_id, :scope_id, :tries)
+ON CONFLICT (request_id, scope_id) DO UPDATE SET tries = excluded.tries"""
+
+SKIP_JOB = """UPDATE jobs SET state = 'SKIPPED', outputs = NULL, finish_order = NULL
+WHERE request_id = :request_id AND job_id = :job_id
+    AND state IN ('PENDING', 'FAIL', 'STOPPED')"""
+
+#: Interrupt a try: the log row RUNNING -> INTERRUPTED, the job RUNNING -> :state.
+INTERRUPT_LOG = """UPDATE job_log SET state = 'INTERRUPTED', error = :error, finished_at = :at
+WHERE request_id = :request_id AND job_id = :job_id AND try = :try AND state = 'RUNNING'"""
+
+INTERRUPT_JOB = """UPDATE jobs SET state = :state, outputs = NULL, finish_order = NULL
+WHERE request_id = :request_id AND job_id = :job_id AND state = 'RUNNING'"""
+
+#: One small batch of finished requests older than :before; child rows go by cascade.
+PRUNE_FINISHED = """DELETE FROM requests WHERE id IN (
+    SELECT id FROM requests
+    WHERE finished_at IS NOT NULL AND finished_at < :before
+        AND state IN ('COMPLETE', 'FAIL', 'STOPPED')
+    LIMIT :batch
+)"""
+
+# -- reads -------------------------------------------------------------------------------------
+
+_REQUEST_COLUMNS = """r.id, r.type, r.user, r.args, r.state, r.created_at, r.started_at,
+    r.finished_at, r.trace_id, r.reason"""
+
+_TOTALS = """(SELECT COUNT(*) FROM jobs j
+        WHERE j.request_id = r.id AND j.kind = 'job') AS total_jobs,
+    (SELECT COUNT(*) FROM jobs j
+        WHERE j.request_id = r.id AND j.kind = 'job'
+            AND j.state IN ('COMPLETE', 'SKIPPED')) AS finished_jobs"""
+
+GET_REQUEST = f"SELECT {_REQUEST_COLUMNS} FROM requests r WHERE r.id = :request_id"
+
+GET_VIEW = f"SELECT {_REQUEST_COLUMNS}, {_TOTALS} FROM requests r WHERE r.id = :request_id"
+
+GET_CHAIN = "SELECT chain FROM chains WHERE request_id = :request_id"
+
+GET_PATCHES = "SELECT patch FROM chain_patches WHERE request_id = :request_id ORDER BY n"
+
+GET_JOBS = """SELECT job_id, state, tries, seq_try, outputs, finish_order FROM jobs
+WHERE request_id = :request_id"""
+
+GET_SCOPE_TRIES = "SELECT scope_id, tries FROM scope_tries WHERE request_id = :request_id"
+
+COMPLETED_ORDER = """SELECT job_id FROM jobs
+WHERE request_id = :request_id AND state = 'COMPLETE' AND finish_order IS NOT NULL
+ORDER BY finish_order"""
+
+RUNNING_TRIES = """SELECT job_id, try, boot_id FROM job_log
+WHERE request_id = :request_id AND state = 'RUNNING' ORDER BY started_at, job_id, try"""
+
+UNFINISHED_REQUESTS = """SELECT id FROM requests
+WHERE state IN ('PENDING', 'RUNNING', 'SUSPENDED') ORDER BY created_at, id"""
+
+#: Every filter is optional: NULL (or an empty JSON array/object) matches everything. An arg
+#: filter matches the arg's JSON value as text: strings as they are, numbers in decimal,
+#: true/false/null as those words.
+FIND_REQUESTS = f"""SELECT {_REQUEST_COLUMNS}, {_TOTALS} FROM requests r
+WHERE (:type IS NULL OR r.type = :type)
+    AND (:user IS NULL OR r.user = :user)
+    AND (json_array_length(:states) = 0
+        OR r.state IN (SELECT value FROM json_each(:states)))
+    AND (:since IS NULL OR r.created_at >= :since)
+    AND (:until IS NULL OR r.created_at < :until)
+    AND NOT EXISTS (
+        SELECT 1 FROM json_each(:args) f
+        WHERE NOT EXISTS (
+            SELECT 1 FROM json_each(r.args) a
+            WHERE a.key = f.key AND (
+                CASE WHEN a.type IN ('true', 'false', 'null') THEN a.type
+                ELSE CAST(a.value AS TEXT) END
+            ) = f.value
+        )
+    )
+ORDER BY r.created_at DESC, r.id DESC
+LIMIT :limit OFFSET :offset"""
+
+JOB_LOG = """SELECT l.request_id, l.job_id, j.name, j.type, l.try, l.state, l.exit, l.error,
+    l.stdout, l.stderr, l.started_at, l.finished_at, l.seq_try, l.boot_id
+FROM job_log l JOIN jobs j ON j.request_id = l.request_id AND j.job_id = l.job_id
+WHERE l.request_id = :request_id AND (:job_id IS NULL OR l.job_id = :job_id)
+ORDER BY l.started_at, l.rowid"""
+
+EVENTS_AFTER = """SELECT seq, request_id, kind, state, at, job_id, try, detail FROM events
+WHERE request_id = :request_id AND seq > :after ORDER BY seq LIMIT :limit"""
+
+FIND_IDEMPOTENT = "SELECT id, body_hash FROM requests WHERE idempotency_key = :key"

@@ -1,0 +1,278 @@
+"""The journal: every state change of every request, in SQLite, before anything depends on it.
+
+`Journal` is the async facade the runtime and the API use. Writes go through one
+group-commit writer (:mod:`daemon.journal.writer`) on one connection; reads use a second,
+read-only connection, so that in WAL mode they neither wait for nor delay the writer. Each
+write method returns once its transaction has committed, with the events it appended.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Collection
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import msgspec
+from loguru import logger
+
+from daemon import ids
+from daemon.chain import Chain, ChainPatch
+from daemon.errors import BadRequest
+from daemon.journal import reads, schema, writes
+from daemon.journal.errors import JournalError, JournalUnavailable
+from daemon.journal.rows import (
+    JobRow,
+    LoadedRequest,
+    RequestFilter,
+    RequestRecord,
+    WriterStats,
+)
+from daemon.journal.writer import Writer, run_in_connection_thread
+from daemon.model import Event, JobLogRow, JobState, RequestDetail, RequestState, RequestView
+
+__all__ = [
+    "JobRow",
+    "Journal",
+    "LoadedRequest",
+    "RequestFilter",
+    "RequestRecord",
+    "WriterStats",
+]
+
+T = TypeVar("T")
+
+MAX_PAGE = 10_000
+
+
+class Journal:
+    """One journal file, open for reading and writing. Use `await Journal.open(path)`."""
+
+    def __init__(
+        self, path: Path, writer_db: aiosqlite.Connection, reader_db: aiosqlite.Connection
+    ) -> None:
+        self.path = path
+        self._writer_db = writer_db
+        self._reader_db = reader_db
+        self._writer = Writer(writer_db)
+        self._closed = False
+        #: id of the boot row written by `start_boot` ("" until then)
+        self.boot_id = ""
+
+    @classmethod
+    async def open(cls, path: str | Path, *, synchronous: str = "NORMAL") -> Journal:
+        """Open (creating and migrating if needed) a journal; refuses foreign or newer files."""
+        p = Path(path)
+        writer_db, reader_db, applied = await schema.open_connections(p, synchronous)
+        journal = cls(p.absolute(), writer_db, reader_db)
+        journal._writer.start()
+        for name in applied:
+            logger.bind(action="journal_migrated").info("journal {}: applied {}", p, name)
+        return journal
+
+    async def close(self) -> None:
+        """Commit what is queued, then close both connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._writer.close()
+        finally:
+            await self._writer_db.close()
+            await self._reader_db.close()
+
+    @property
+    def stats(self) -> WriterStats:
+        """A copy of the writer's counters."""
+        return msgspec.structs.replace(self._writer.stats)
+
+    @property
+    def writer(self) -> Writer:
+        """The group-commit writer (its `task` can be supervised)."""
+        return self._writer
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def start_boot(self, pid: int, version: str, *, at: float | None = None) -> str:
+        """Record this daemon start; its id stamps every try started from now on."""
+        boot_id = ids.new_request_id()
+        when = time.time() if at is None else at
+        await self._writer.submit(writes.make_start_boot(boot_id, pid, version, when))
+        self.boot_id = boot_id
+        return boot_id
+
+    async def create_request(
+        self,
+        rec: RequestRecord,
+        chain: Chain,
+        *,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+    ) -> list[Event]:
+        """The request, its chain and every job (PENDING) in one transaction."""
+        write = writes.make_create_request(rec, chain, idempotency_key, body_hash)
+        return await self._writer.submit(write)
+
+    async def set_request_state(
+        self,
+        request_id: str,
+        state: RequestState,
+        *,
+        expect: Collection[RequestState],
+        at: float,
+        reason: str = "",
+    ) -> list[Event]:
+        """CAS the request's state; sets started_at on first RUNNING, finished_at when final."""
+        write = writes.make_set_request_state(request_id, state, expect, at, reason)
+        return await self._writer.submit(write)
+
+    async def job_started(
+        self, request_id: str, job_id: str, try_no: int, seq_try: int, at: float
+    ) -> list[Event]:
+        """CAS PENDING -> RUNNING and a RUNNING job_log row for the try, stamped with the boot."""
+        write = writes.make_job_started(request_id, job_id, try_no, seq_try, at, self.boot_id)
+        return await self._writer.submit(write)
+
+    async def job_finished(
+        self,
+        request_id: str,
+        job_id: str,
+        try_no: int,
+        *,
+        log_state: JobState,
+        job_state: JobState,
+        exit: int | None,
+        error: str,
+        stdout: str,
+        stderr: str,
+        outputs: dict[str, Any],
+        at: float,
+    ) -> list[Event]:
+        """CAS RUNNING -> job_state; the try's log row -> log_state; outputs if COMPLETE."""
+        write = writes.make_job_finished(
+            request_id,
+            job_id,
+            try_no,
+            log_state=log_state,
+            job_state=job_state,
+            exit=exit,
+            error=error,
+            stdout=stdout,
+            stderr=stderr,
+            outputs=outputs,
+            at=at,
+        )
+        return await self._writer.submit(write)
+
+    async def interrupt_try(
+        self,
+        request_id: str,
+        job_id: str,
+        try_no: int,
+        *,
+        job_state: JobState,
+        error: str,
+        at: float,
+    ) -> list[Event]:
+        """A try that will not finish (older boot, shutdown): log row -> INTERRUPTED."""
+        write = writes.make_interrupt_try(request_id, job_id, try_no, job_state, error, at)
+        return await self._writer.submit(write)
+
+    async def apply_patch(
+        self, request_id: str, patch: ChainPatch, *, at: float | None = None
+    ) -> list[Event]:
+        """Store an expansion, add its jobs (PENDING), mark the deferred node COMPLETE."""
+        when = time.time() if at is None else at
+        return await self._writer.submit(writes.make_apply_patch(request_id, patch, when))
+
+    async def reset_jobs(
+        self,
+        request_id: str,
+        job_ids: Collection[str],
+        *,
+        scope_id: str | None,
+        scope_try: int | None,
+        at: float,
+    ) -> list[Event]:
+        """Jobs back to PENDING (tries kept, outputs cleared); record the scope's try."""
+        write = writes.make_reset_jobs(request_id, job_ids, scope_id, scope_try, at)
+        return await self._writer.submit(write)
+
+    async def skip_job(
+        self, request_id: str, job_id: str, *, user: str, reason: str, at: float
+    ) -> list[Event]:
+        """CAS PENDING/FAIL/STOPPED -> SKIPPED; the event records who and why."""
+        return await self._writer.submit(writes.make_skip_job(request_id, job_id, user, reason, at))
+
+    async def prune_finished(self, older_than: float, batch: int = 500) -> int:
+        """Delete finished requests (and all their rows) finished before `older_than`.
+
+        Runs as a series of small transactions through the writer, so other writes interleave.
+        """
+        total = 0
+        while True:
+            n: int = await self._writer.submit(writes.make_prune(older_than, batch))
+            total += n
+            if n < batch:
+                return total
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise JournalUnavailable("the journal is closed")
+        try:
+            return await run_in_connection_thread(self._reader_db, fn)
+        except sqlite3.OperationalError as exc:
+            raise JournalUnavailable(f"cannot read the journal: {exc}") from exc
+
+    async def load_request(self, request_id: str) -> LoadedRequest | None:
+        fn = partial(reads.load_request, request_id=request_id)
+        return await self._read(partial(reads.snapshot, fn=fn))
+
+    async def unfinished_request_ids(self) -> list[str]:
+        """PENDING, RUNNING and SUSPENDED requests, oldest first."""
+        return await self._read(reads.unfinished_request_ids)
+
+    async def get_request(self, request_id: str) -> RequestDetail | None:
+        fn = partial(reads.get_request, request_id=request_id)
+        return await self._read(partial(reads.snapshot, fn=fn))
+
+    async def get_view(self, request_id: str) -> RequestView | None:
+        return await self._read(partial(reads.get_view, request_id=request_id))
+
+    async def find_requests(self, f: RequestFilter) -> list[RequestView]:
+        """Newest first. An arg filter matches the arg's value as text."""
+        if not 1 <= f.limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+        if f.offset < 0:
+            raise BadRequest("offset must not be negative")
+        return await self._read(partial(reads.find_requests, params=reads.filter_params(f)))
+
+    async def job_log(self, request_id: str, job_id: str | None = None) -> list[JobLogRow]:
+        return await self._read(partial(reads.job_log, request_id=request_id, job_id=job_id))
+
+    async def events_after(self, request_id: str, after_seq: int, limit: int = 1000) -> list[Event]:
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+        fn = partial(reads.events_after, request_id=request_id, after_seq=after_seq, limit=limit)
+        return await self._read(fn)
+
+    async def find_idempotent(self, key: str) -> tuple[str, str] | None:
+        """(request_id, body_hash) of the request created with this idempotency key."""
+        return await self._read(partial(reads.find_idempotent, key=key))
+
+    async def backup(self, dest: str | Path) -> None:
+        """A consistent copy of the journal (SQLite online backup), while writes continue."""
+        target = Path(dest).absolute()
+        try:
+            await self._read(partial(reads.backup, dest=target))
+        except OSError as exc:
+            raise JournalError(f"cannot write a backup to {target}: {exc}") from exc
+
+    async def integrity_check(self) -> str:
+        """SQLite's integrity check: "ok", or its list of problems."""
+        return await self._read(reads.integrity_check)

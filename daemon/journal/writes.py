@@ -1,0 +1,328 @@
+"""The journal's writes, as functions the group-commit writer runs inside its transaction.
+
+Each `make_*` function checks its arguments and encodes them now (in the caller's task, so a
+later change to a caller's object cannot leak in), and returns a `Write`: a function of the
+`sqlite3.Connection` that runs in the writer's thread inside a savepoint. Every state change
+is a compare-and-set: the UPDATE names the states it may leave; a row count of 0 raises
+`IllegalTransition` (and rolls back only that write). Writes return the events they appended.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Collection
+from typing import Any, NoReturn
+
+from daemon.chain import Chain, ChainJob, ChainPatch
+from daemon.journal import queries as q
+from daemon.journal import rows
+from daemon.journal.errors import AlreadyExists, IllegalTransition, JournalError
+from daemon.journal.rows import RequestRecord
+from daemon.model import Event, JobState, RequestState
+
+Write = Callable[[sqlite3.Connection], Any]
+
+#: States a try's log row can end in, and states a job can be left in after a try.
+LOG_END_STATES = frozenset(
+    {JobState.COMPLETE, JobState.FAIL, JobState.STOPPED, JobState.INTERRUPTED}
+)
+JOB_AFTER_TRY = frozenset(
+    {JobState.PENDING, JobState.COMPLETE, JobState.FAIL, JobState.STOPPED, JobState.SKIPPED}
+)
+_DETAIL_MAX = 200
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
+
+
+def _event(
+    conn: sqlite3.Connection,
+    request_id: str,
+    kind: str,
+    state: str,
+    at: float,
+    *,
+    job_id: str | None = None,
+    try_: int | None = None,
+    detail: str = "",
+) -> Event:
+    params = rows.event_params(request_id, kind, state, at, job_id, try_, _short(detail))
+    cur = conn.execute(q.INSERT_EVENT, params)
+    assert cur.lastrowid is not None
+    return rows.event_from_params(cur.lastrowid, params)
+
+
+def _job_params(request_id: str, job: ChainJob) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "job_id": job.id,
+        "name": job.name,
+        "type": job.type,
+        "scope": job.scope,
+        "kind": job.kind.value,
+    }
+
+
+def _refuse_request(
+    conn: sqlite3.Connection, request_id: str, wanted: str, expect: Collection[str]
+) -> NoReturn:
+    row = conn.execute(q.REQUEST_STATE, {"request_id": request_id}).fetchone()
+    if row is None:
+        raise IllegalTransition(f"no request {request_id}")
+    allowed = "/".join(sorted(expect)) or "nothing"
+    raise IllegalTransition(
+        f"request {request_id} is {row[0]}, not {allowed}: it cannot become {wanted}"
+    )
+
+
+def _refuse_job(
+    conn: sqlite3.Connection, request_id: str, job_id: str, wanted: str, expect: Collection[str]
+) -> NoReturn:
+    row = conn.execute(q.JOB_STATE, {"request_id": request_id, "job_id": job_id}).fetchone()
+    if row is None:
+        raise IllegalTransition(f"request {request_id} has no job {job_id}")
+    allowed = "/".join(sorted(expect))
+    raise IllegalTransition(
+        f"job {job_id} of request {request_id} is {row[0]}, not {allowed}:"
+        f" it cannot become {wanted}"
+    )
+
+
+def _refuse_try(conn: sqlite3.Connection, request_id: str, job_id: str, try_no: int) -> NoReturn:
+    key = {"request_id": request_id, "job_id": job_id, "try": try_no}
+    row = conn.execute(q.LOG_STATE, key).fetchone()
+    if row is None:
+        raise IllegalTransition(f"job {job_id} of request {request_id} has no try {try_no}")
+    raise IllegalTransition(
+        f"try {try_no} of job {job_id} of request {request_id} is {row[0]}, not RUNNING"
+    )
+
+
+def make_start_boot(boot_id: str, pid: int, version: str, at: float) -> Write:
+    params = {"id": boot_id, "pid": pid, "version": version, "started_at": at}
+
+    def write(conn: sqlite3.Connection) -> str:
+        conn.execute(q.INSERT_BOOT, params)
+        return boot_id
+
+    return write
+
+
+def make_create_request(
+    rec: RequestRecord, chain: Chain, idempotency_key: str | None, body_hash: str | None
+) -> Write:
+    request = rows.request_params(rec, idempotency_key, body_hash)
+    chain_row = {"request_id": rec.id, "chain": rows.to_json(chain)}
+    jobs = [_job_params(rec.id, job) for job in chain.jobs.values()]
+
+    def write(conn: sqlite3.Connection) -> list[Event]:
+        try:
+            conn.execute(q.INSERT_REQUEST, request)
+        except sqlite3.IntegrityError as exc:
+            if idempotency_key is not None:
+                found = conn.execute(q.FIND_IDEMPOTENT, {"key": idempotency_key}).fetchone()
+                if found is not None:
+                    raise AlreadyExists(
+                        f"idempotency key {idempotency_key!r} was used by request {found[0]}"
+                    ) from exc
+            raise AlreadyExists(f"request {rec.id} already exists") from exc
+        conn.execute(q.INSERT_CHAIN, chain_row)
+        conn.executemany(q.INSERT_JOB, jobs)
+        return [_event(conn, rec.id, "request", rec.state.value, rec.created_at, detail="created")]
+
+    return write
+
+
+def make_set_request_state(
+    request_id: str,
+    state: RequestState,
+    expect: Collection[RequestState],
+    at: float,
+    reason: str,
+) -> Write:
+    allowed = sorted({RequestState(s).value for s in expect})
+    new_state = RequestState(state).value
+    params = {
+        "request_id": request_id,
+        "state": new_state,
+        "reason": reason,
+        "at": at,
+        "expect": rows.to_json(allowed),
+    }
+
+    def write(conn: sqlite3.Connection) -> list[Event]:
+        if conn.execute(q.SET_REQUEST_STATE, params).rowcount != 1:
+            _refuse_request(conn, request_id, new_state, allowed)
+        return [_event(conn, request_id, "request", new_state, at, detail=reason)]
+
+    return write
+
+
+def make_job_started(
+    request_id: str, job_id: str, try_no: int, seq_try: int, at: float, boot_id: str
+) -> Write:
+    if try_no < 1 or seq_try < 1:
+        raise ValueError("try numbers start at 1")
+    if not boot_id:
+        raise JournalError("record a boot (Journal.start_boot) before starting jobs")
+    key = {"request_id": request_id, "job_id": job_id}
+    start = {**key, "try": try_no, "seq_try": seq_try}
+    log = {**start, "at": at, "boot_id": boot_id}
+
+    def write(conn: sqlite3.Connection) -> list[Event]:
+        if conn.execute(q.START_JOB, start).rowcount != 1:
+            _refuse_job(conn, request_id, job_id, "RUNNING", ["PENDING"])
+        try:
+            conn.execute(q.INSERT_LOG, log)
+        except sqlite3.IntegrityError as exc:
+            raise IllegalTransition(
+                f"try {try_no} of job {job_id} of request {request_id} was already journaled"
+            ) from exc
+        return [_event(conn, request_id, "job", "RUNNING", at, job_id=job_id, try_=try_no)]
+
+    return write
+
+
+def make_job_finished(
+    request_id: str,
+    job_id: str,
+    try_no: int,
+    *,
+    log_state: JobState,
+    job_state: JobState,
+    exit: int | None,
+    error: str,
+    stdout: str,
+    stderr: str,
+    outputs: dict[str, Any],
+    at: float,
+) -> Write:
+    if log_state not in LOG_END_STATES:
+        raise ValueError(f"a try cannot end in state {log_state}")
+    if job_state not in JOB_AFTER_TRY:
+        raise ValueError(f"a job cannot be left in state {job_state} after a try")
+    key = {"request_id": request_id, "job_id": job_id}
+    job = {**key, "state": job_state.value, "outputs": rows.to_json(outputs)}
+    log: dict[str, Any] = {**key, "try": try_no, "state": log_state.value, "exit": exit}
+    log |= {"error": error, "stdout": stdout, "stderr": stderr, "at": at}
+    detail = "" if log_state == job_state else f"try {log_state.value}"
+    if error:
+        detail = f"{detail}: {error}" if detail else error
+
+    def write(conn: sqlite3.Connection) -> list[Event]:
+        if conn.execute(q.FINISH_JOB, job).rowcount != 1:
+            _refuse_job(conn, request_id, job_id, job_state.value, ["RUNNING"])
+        if conn.execute(q.FINISH_LOG, log).rowcount != 1:
+            _refuse_try(conn, request_id, job_id, try_no)
+        event = _event(
+            conn, request_id, "job", job_state.value, at, job_id=job_id, try_=try_no, detail=detail
+        )
+        return [event]
+
+    return write
+
+
+def make_interrupt_try(
+    request_id: str, job_id: str, try_no: int, job_state: JobState, error: str, at: float
+) -> Write:
+    if job_state not in JOB_AFTER_TRY:
+        raise ValueError(f"a job cannot be left in state {job_state} after a try")
+    key = {"request_id": request_id, "job_id": job_id}
+    log = {**key, "try": try_no, "error": error, "at": at}
+    job = {**key, "state": job_state.value}
+    detail = f"try INTERRUPTED: {error}" if error else "try INTERRUPTED"
+
+    def write(conn: sqlite3.Connection) -> list[Event]:
+        if conn.execute(q.INTERRUPT_LOG, log).rowcount != 1:
+            _refuse_try(conn, request_id, job_id, try_no)
+        if conn.execute(q.INTERRUPT_JOB, job).rowcount != 1:
+            _refuse_job(conn, request_id, job_id, job_state.value, ["RUNNING"])
+        event = _event(
+            conn, request_id, "job", job_state.value, at, job_id=job_id, try_=try_no, detail=detail
+        )
+        return [event]
+
+    return write
+
+
+def make_apply_patch(request_id: str, patch: ChainPatch, at: float) -> Write:
+    key = {"request_id": request_id, "job_id": patch.deferred}
+    patch_row = {"request_id": request_id, "deferred": patch.deferred, "patch": rows.to_json(patch)}
+    jobs = [_job_params(request_id, job) for job in patch.jobs]
+    detail = f"{patch.deferred}: added {len(patch.jobs)} jobs"
+
+    def write(conn: sqlite3.Connection) -> list[Event]:
+        if conn.execute(q.COMPLETE_DEFERRED, key).rowcount != 1:
+            _refuse_job(
+                conn, request_id, patch.deferred, "COMPLETE (expanded)", ["PENDING", "RUNNING"]
+            )
+        n = conn.execute(q.NEXT_PATCH_NUMBER, {"request_id": request_id}).fetchone()[0]
+        conn.execute(q.INSERT_PATCH, {**patch_row, "n": n})
+        try:
+            conn.executemany(q.INSERT_JOB, jobs)
+        except sqlite3.IntegrityError as exc:
+            raise IllegalTransition(
+                f"expanding {patch.deferred} of request {request_id} adds a job id that exists"
+            ) from exc
+        return [
+            _event(conn, request_id, "expand", "COMPLETE", at, job_id=patch.deferred, detail=detail)
+        ]
+
+    return write
+
+
+def make_reset_jobs(
+    request_id: str,
+    job_ids: Collection[str],
+    scope_id: str | None,
+    scope_try: int | None,
+    at: float,
+) -> Write:
+    ids = sorted(set(job_ids))
+    if (scope_id is None) != (scope_try is None):
+        raise ValueError("scope_id and scope_try go together")
+    if scope_try is not None and scope_try < 1:
+        raise ValueError("scope tries start at 1")
+    params = {"request_id": request_id, "job_ids": rows.to_json(ids), "seq_try": scope_try}
+    detail = f"{len(ids)} jobs" + (f" of scope {scope_id}, try {scope_try}" if scope_id else "")
+
+    def write(conn: sqlite3.Connection) -> list[Event]:
+        if conn.execute(q.RESET_JOBS, params).rowcount != len(ids):
+            found = dict(conn.execute(q.JOB_STATES_OF, params).fetchall())
+            bad = [
+                f"{j} ({found.get(j, 'missing')})" for j in ids if found.get(j) in (None, "RUNNING")
+            ]
+            raise IllegalTransition(f"cannot reset jobs of request {request_id}: {', '.join(bad)}")
+        if scope_id is not None:
+            conn.execute(
+                q.UPSERT_SCOPE_TRIES,
+                {"request_id": request_id, "scope_id": scope_id, "tries": scope_try},
+            )
+        return [_event(conn, request_id, "reset", "PENDING", at, detail=detail)]
+
+    return write
+
+
+def make_skip_job(request_id: str, job_id: str, user: str, reason: str, at: float) -> Write:
+    key = {"request_id": request_id, "job_id": job_id}
+    detail = f"by {user}: {reason}"
+
+    def write(conn: sqlite3.Connection) -> list[Event]:
+        if conn.execute(q.SKIP_JOB, key).rowcount != 1:
+            _refuse_job(conn, request_id, job_id, "SKIPPED", ["PENDING", "FAIL", "STOPPED"])
+        return [_event(conn, request_id, "skip", "SKIPPED", at, job_id=job_id, detail=detail)]
+
+    return write
+
+
+def make_prune(before: float, batch: int) -> Write:
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
+    params = {"before": before, "batch": batch}
+
+    def write(conn: sqlite3.Connection) -> int:
+        return conn.execute(q.PRUNE_FINISHED, params).rowcount
+
+    return write

@@ -1,0 +1,191 @@
+"""The daemon as the API sees it (daemon.api.protocol.ControlService): runtime + journal reads.
+
+Thin: each method is one runtime call or one journal read, plus the live parts (job status,
+running jobs) that only the runtime knows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from daemon import __version__
+from daemon.api.protocol import FindFilter
+from daemon.chain import Chain
+from daemon.errors import NotFound
+from daemon.events import EventBus
+from daemon.journal.store import RequestFilter
+from daemon.model import (
+    ArgView,
+    Event,
+    HealthView,
+    JobLogRow,
+    RequestDetail,
+    RequestTypeView,
+    RequestView,
+    RunningJob,
+)
+from daemon.runtime import Runtime
+from daemon.spec import ACL
+from daemon.specstore import SpecStore
+
+
+class Service:
+    version = __version__
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        specs: SpecStore,
+        bus: EventBus,
+        *,
+        metrics: Any = None,
+        loop_lag_ms: Any = None,
+    ) -> None:
+        self.runtime = runtime
+        self.journal = runtime.journal
+        self.specs = specs
+        self.bus = bus
+        self._metrics = metrics
+        self._loop_lag_ms = loop_lag_ms
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.runtime.shutting_down
+
+    @shutting_down.setter
+    def shutting_down(self, value: bool) -> None:
+        self.runtime.shutting_down = value
+
+    async def create_request(
+        self,
+        *,
+        type: str,
+        args: dict[str, Any],
+        user: str,
+        trace_id: str,
+        idempotency_key: str | None,
+        body_hash: str,
+    ) -> tuple[RequestView, bool]:
+        return await self.runtime.create(
+            type=type,
+            args=args,
+            user=user,
+            trace_id=trace_id,
+            idempotency_key=idempotency_key,
+            body_hash=body_hash,
+        )
+
+    async def plan(self, *, type: str, args: dict[str, Any]) -> Chain:
+        return await self.runtime.plan(type=type, args=args)
+
+    async def get_request(self, request_id: str) -> RequestDetail:
+        detail = await self.journal.get_request(request_id)
+        if detail is None:
+            raise NotFound(f"no request {request_id}", {"id": request_id})
+        for job in detail.jobs:
+            job.status = self.runtime.job_status(request_id, job.id)
+        return detail
+
+    async def find_requests(self, f: FindFilter) -> list[RequestView]:
+        return await self.journal.find_requests(
+            RequestFilter(
+                type=f.type or None,
+                user=f.user or None,
+                states=list(f.states),
+                args=dict(f.args),
+                since=f.since,
+                until=f.until,
+                limit=f.limit,
+                offset=f.offset,
+            )
+        )
+
+    async def stop(self, request_id: str, *, user: str) -> RequestView:
+        return await self.runtime.stop(request_id, user=user)
+
+    async def suspend(self, request_id: str, *, user: str) -> RequestView:
+        return await self.runtime.suspend(request_id, user=user)
+
+    async def resume(self, request_id: str, *, user: str) -> RequestView:
+        return await self.runtime.resume(request_id, user=user)
+
+    async def retry(self, request_id: str, *, user: str, jobs: list[str] | None) -> RequestView:
+        return await self.runtime.retry(request_id, user=user, jobs=jobs)
+
+    async def skip(self, request_id: str, job_id: str, *, user: str, reason: str) -> RequestView:
+        return await self.runtime.skip(request_id, job_id, user=user, reason=reason)
+
+    async def job_log(self, request_id: str, job_id: str | None) -> list[JobLogRow]:
+        await self.request_type_of(request_id)
+        return await self.journal.job_log(request_id, job_id)
+
+    async def _finished(self, request_id: str) -> bool:
+        view = await self.journal.get_view(request_id)
+        return view is None or view.state.finished
+
+    def events(self, request_id: str, after_seq: int = 0) -> AsyncIterator[Event]:
+        async def finished() -> bool:
+            return await self._finished(request_id)
+
+        return self.bus.follow(request_id, after_seq, self.journal.events_after, finished)
+
+    def running(self) -> list[RunningJob]:
+        return self.runtime.running()
+
+    def request_types(self) -> list[RequestTypeView]:
+        out = []
+        for seq in self.specs.sequences().values():
+            if not seq.request:
+                continue
+            args: list[ArgView] = []
+            for kind, group in (
+                ("required", seq.args.required),
+                ("optional", seq.args.optional),
+                ("static", seq.args.static),
+            ):
+                for a in group:
+                    if a is not None and a.name:
+                        args.append(ArgView(name=a.name, kind=kind, desc=a.desc, default=a.default))
+            out.append(RequestTypeView(name=seq.name, desc=seq.desc, args=args, file=seq.filename))
+        return sorted(out, key=lambda t: t.name)
+
+    def request_type_acl(self, type: str) -> list[ACL] | None:
+        seq = self.specs.sequences().get(type)
+        if seq is None:
+            return None
+        return [a for a in seq.acl if a is not None]
+
+    async def request_type_of(self, request_id: str) -> str:
+        view = await self.journal.get_view(request_id)
+        if view is None:
+            raise NotFound(f"no request {request_id}", {"id": request_id})
+        return view.type
+
+    def health(self) -> HealthView:
+        stats = self.journal.stats
+        lag = float(self._loop_lag_ms()) if callable(self._loop_lag_ms) else 0.0
+        requests, jobs = self.runtime.counts()
+        env = self.runtime.env
+        recent_error = (
+            env.last_journal_error if time.monotonic() - env.last_journal_error_at < 30 else ""
+        )
+        writable = bool(stats.healthy) and not recent_error
+        return HealthView(
+            ok=writable and lag < 5000 and not self.shutting_down,
+            journal_writable=writable,
+            loop_lag_ms=round(lag, 3),
+            shutting_down=self.shutting_down,
+            specs_ok=self.specs.ok,
+            specs_errors=list(self.specs.errors),
+            running_requests=requests,
+            running_jobs=jobs,
+            last_journal_error=stats.last_error or recent_error,
+        )
+
+    def metrics(self) -> tuple[bytes, str]:
+        if self._metrics is None:
+            return b"", "text/plain; version=0.0.4"
+        body, ctype = self._metrics.render()
+        return bytes(body), str(ctype)

@@ -1,0 +1,747 @@
+"""One coroutine per running chain: decides what runs next, journals, then acts.
+
+The traverser owns all state of its chain and changes it only in :meth:`Traverser.run`, one
+message at a time (job tries ending, journal writes committed, timers, control calls). Work
+that waits (a journal write, a job try, an expansion) runs in its own task and reports back
+through the inbox. The one exception: a launch task stores its TryRunner in `self.running`
+so that a stop that arrives while the try starts can reach it (no await between check and set).
+
+Write-ahead: a try's RUNNING row is committed before its job object is even made; a job's
+successors are released only after its COMPLETE row is committed; an expansion's jobs are
+committed with the expansion in one transaction. Launches and completions of many jobs are
+written concurrently, so the journal's writer commits them in groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+
+from daemon import policy
+from daemon.builder import expand
+from daemon.chain import Chain, ChainJob, ChainPatch, JobKind, ScopeVars
+from daemon.errors import BuildError
+from daemon.jobs.base import JobResult
+from daemon.journal.errors import IllegalTransition
+from daemon.model import JobState, RequestState, RunningJob, ts_to_dt
+from daemon.runner import TryRunner, make_context
+from daemon.runtime_env import RuntimeEnv
+
+_DONE = (JobState.COMPLETE, JobState.SKIPPED)
+
+
+# ---- inbox messages
+
+
+@dataclass
+class TryEnded:
+    job_id: str
+    try_no: int
+    result: JobResult
+    reason: str | None  # why we stopped it, if we did
+
+
+@dataclass
+class LaunchFailed:
+    job_id: str
+    error: BaseException
+
+
+@dataclass
+class Written:
+    apply: Callable[[], None]
+
+
+@dataclass
+class WriteFailed:
+    what: str
+    error: BaseException
+
+
+@dataclass
+class Timer:
+    apply: Callable[[], None]
+
+
+@dataclass
+class Control:
+    kind: str  # "stop" | "suspend" | "shutdown"
+    grace: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class Wake:
+    pass
+
+
+Message = TryEnded | LaunchFailed | Written | WriteFailed | Timer | Control | Wake
+
+
+@dataclass
+class ChainState:
+    """What the journal says about a chain when its traverser starts."""
+
+    state: dict[str, JobState]
+    tries: dict[str, int] = field(default_factory=dict)
+    epoch: dict[str, int] = field(default_factory=dict)
+    budget: dict[str, int] = field(default_factory=dict)
+    scope_tries: dict[str, int] = field(default_factory=dict)
+
+
+class Traverser:
+    def __init__(
+        self,
+        env: RuntimeEnv,
+        request_id: str,
+        chain: Chain,
+        values: ScopeVars,
+        st: ChainState,
+        *,
+        user: str = "",
+    ) -> None:
+        self.env = env
+        self.rid = request_id
+        self.chain = chain
+        self.values = values
+        self.user = user
+        self.state = st.state
+        self.tries = st.tries
+        self.epoch = st.epoch
+        self.budget = st.budget
+        self.scope_tries = st.scope_tries
+        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.preds = chain.predecessors()
+        self.succs = chain.successors()
+        self.pending_preds: dict[str, int] = {}
+        self.ready: dict[str, None] = {}  # insertion-ordered set
+        self.running: dict[str, TryRunner | None] = {}
+        self.busy: set[str] = set()  # a write or expansion in flight for this job
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.blocked_scopes: set[str] = set()
+        self.resetting: set[str] = set()
+        self.inflight = 0
+        self.mode = "run"
+        self.stop_reason = ""
+        self.failed = False
+        self.held = ""
+        self.timed_out = False
+        self.journal_stalled = False
+        self.waiting_slot = False
+        self.copies: dict[str, list[tuple[str, str]]] = {}
+        self.copy_open: dict[str, int] = {}
+        self.copy_started: set[str] = set()
+        self.group_active: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._init_counts()
+
+    # ---- setup
+
+    def _done(self, jid: str) -> bool:
+        return self.state.get(jid) in _DONE
+
+    def _init_counts(self) -> None:
+        for jid in self.chain.jobs:
+            self.state.setdefault(jid, JobState.PENDING)
+            self.pending_preds[jid] = sum(1 for p in self.preds[jid] if not self._done(p))
+        self._count_copies(list(self.chain.jobs))
+        for jid, count in self.pending_preds.items():
+            if count == 0 and self.state[jid] == JobState.PENDING:
+                self.ready[jid] = None
+
+    def _count_copies(self, jobs: list[str]) -> None:
+        for jid in jobs:
+            cps = policy.enclosing_copies(self.chain, self.chain.jobs[jid].scope)
+            self.copies[jid] = cps
+            if self._done(jid):
+                continue
+            for gid, csid in cps:
+                self.copy_open[csid] = self.copy_open.get(csid, 0) + 1
+                self.group_active.setdefault(gid, 0)
+                if self.state[jid] != JobState.PENDING or self.tries.get(jid, 0) > 0:
+                    self._activate(gid, csid)
+
+    def _activate(self, gid: str, csid: str) -> None:
+        if csid not in self.copy_started:
+            self.copy_started.add(csid)
+            self.group_active[gid] = self.group_active.get(gid, 0) + 1
+
+    # ---- outside callers (same event loop)
+
+    def post(self, msg: Message) -> None:
+        self.inbox.put_nowait(msg)
+
+    def wake(self) -> None:
+        """A global job slot may be free."""
+        self.post(Wake())
+
+    def running_jobs(self) -> list[RunningJob]:
+        out = []
+        for jid, runner in self.running.items():
+            if runner is None:
+                continue
+            job = self.chain.jobs[jid]
+            out.append(
+                RunningJob(
+                    request_id=self.rid,
+                    job_id=jid,
+                    name=job.name,
+                    type=job.type,
+                    try_=runner.ctx.try_no,
+                    started_at=ts_to_dt(runner.started_at) or ts_to_dt(time.time()),  # type: ignore[arg-type]
+                    status=runner.status(),
+                    request_type=self.chain.request_type,
+                    user=self.user,
+                )
+            )
+        return out
+
+    def job_status(self, jid: str) -> str:
+        runner = self.running.get(jid)
+        return runner.status() if runner is not None else ""
+
+    # ---- the loop
+
+    async def run(self) -> RequestState:
+        """Run the chain until it ends or is stopped, suspended or shut down; journal the end."""
+        with logger.contextualize(request_id=self.rid):
+            deadline = None
+            if self.chain.timeout:
+                deadline = asyncio.get_running_loop().call_later(
+                    self.chain.timeout, self.post, Control("timeout", reason="request timed out")
+                )
+            try:
+                self._schedule()
+                while not self._finished():
+                    msg = await self.inbox.get()
+                    self._handle(msg)
+                    self._schedule()
+            finally:
+                if deadline is not None:
+                    deadline.cancel()
+                for h in self.timers.values():
+                    h.cancel()
+                self.timers.clear()
+                if self.waiting_slot:
+                    self.env.slots.forget(self)
+            final, reason = self._outcome()
+            logger.info("chain ended {} {}", final, reason, action="chain_end")
+            return final
+
+    def outcome(self) -> tuple[RequestState, str]:
+        return self._outcome()
+
+    def _outcome(self) -> tuple[RequestState, str]:
+        if self.held:
+            return RequestState.SUSPENDED, self.held
+        if self.mode == "stop":
+            return RequestState.STOPPED, self.stop_reason or "stopped"
+        if self.timed_out:
+            return RequestState.FAIL, "request timed out"
+        if self.mode in ("suspend", "shutdown"):
+            return RequestState.SUSPENDED, self.stop_reason
+        if all(self._done(j) for j in self.chain.jobs):
+            return RequestState.COMPLETE, ""
+        failed = [j for j, s in self.state.items() if s in (JobState.FAIL, JobState.STOPPED)]
+        names = ", ".join(f"{self.chain.jobs[j].name} ({j})" for j in failed[:5])
+        return RequestState.FAIL, f"failed: {names}" if names else "nothing more can run"
+
+    def _finished(self) -> bool:
+        if self.running or self.busy or self.inflight:
+            return False
+        if self.mode != "run":
+            return True
+        if self.timers or self.journal_stalled:
+            return False
+        if self.failed and self.chain.fail_fast:
+            return True
+        return not self.waiting_slot and not any(self._startable(j) for j in self.ready)
+
+    def _handle(self, msg: Message) -> None:
+        if isinstance(msg, TryEnded):
+            self._on_try_end(msg)
+        elif isinstance(msg, Written | Timer):
+            msg.apply()
+        elif isinstance(msg, LaunchFailed):
+            self._on_launch_failed(msg)
+        elif isinstance(msg, WriteFailed):
+            self._on_write_failed(msg)
+        elif isinstance(msg, Control):
+            self._on_control(msg)
+        elif isinstance(msg, Wake):
+            self.waiting_slot = False
+
+    # ---- scheduling
+
+    def _scope_blocked(self, scope_id: str) -> bool:
+        if not self.blocked_scopes:
+            return False
+        sid: str | None = scope_id
+        while sid is not None:
+            if sid in self.blocked_scopes:
+                return True
+            sid = self.chain.scopes[sid].parent
+        return False
+
+    def _startable(self, jid: str) -> bool:
+        if self._scope_blocked(self.chain.jobs[jid].scope):
+            return False
+        for gid, csid in self.copies.get(jid, ()):
+            limit = self.chain.groups[gid].parallel
+            if (
+                limit is not None
+                and csid not in self.copy_started
+                and self.group_active.get(gid, 0) >= limit
+            ):
+                return False
+        return True
+
+    def _schedule(self) -> None:
+        if self.mode != "run" or self.journal_stalled or (self.failed and self.chain.fail_fast):
+            return
+        for jid in list(self.ready):
+            if not self._startable(jid):
+                continue
+            job = self.chain.jobs[jid]
+            if job.kind == JobKind.DEFERRED:
+                del self.ready[jid]
+                self._expand(jid)
+                continue
+            if not self.env.slots.try_acquire(self):
+                self.waiting_slot = True
+                return
+            del self.ready[jid]
+            self._launch(jid)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _launch(self, jid: str) -> None:
+        job = self.chain.jobs[jid]
+        try_no = self.tries.get(jid, 0) + 1
+        self.tries[jid] = try_no
+        self.state[jid] = JobState.RUNNING
+        self.running[jid] = None
+        for gid, csid in self.copies.get(jid, ()):
+            self._activate(gid, csid)
+        args = self.values.job_args(job)
+        self._spawn(self._run_try(job, try_no, args), f"job:{self.rid}:{jid}:{try_no}")
+
+    async def _run_try(self, job: ChainJob, try_no: int, args: dict[str, Any]) -> None:
+        env = self.env
+        try:
+            events = await env.journal.job_started(
+                self.rid, job.id, try_no, self.epoch.get(job.id, 1), env.now()
+            )
+        except Exception as exc:
+            self.post(LaunchFailed(job.id, exc))
+            return
+        env.publish(events)
+        ctx = make_context(
+            self.rid,
+            job.id,
+            job.name,
+            try_no,
+            args,
+            work_dir=env.settings.work_dir,
+            output_limit=env.settings.output_limit,
+            stop_grace=env.settings.job_stop_grace,
+        )
+        try:
+            obj = env.factory.make(job.type, name=job.name, with_=job.with_)
+            if job.data:
+                obj.deserialize(job.data)
+        except Exception as exc:
+            result = JobResult(state=JobState.FAIL, error=f"cannot make job {job.type!r}: {exc}")
+            self.post(TryEnded(job.id, try_no, result, None))
+            return
+        runner = TryRunner(obj, ctx, timeout=job.timeout, type_name=job.type)
+        if self.mode != "run":
+            # stopped while the RUNNING row was being written: the job never ran
+            reason = self.mode
+            result = JobResult(state=JobState.STOPPED, error=f"not started: {reason}")
+            self.post(TryEnded(job.id, try_no, result, reason))
+            return
+        self.running[job.id] = runner
+        env.metrics_job_started(job.type)
+        result = await runner.run()
+        env.metrics_job_ended(job.type, result.state, time.monotonic() - runner.started_mono)
+        self.post(TryEnded(job.id, try_no, result, runner.stop_reason))
+
+    # ---- a try ended
+
+    def _on_try_end(self, msg: TryEnded) -> None:
+        jid = msg.job_id
+        self.running.pop(jid, None)
+        self.env.slots.release()
+        job = self.chain.jobs[jid]
+        res = msg.result
+        if msg.reason in ("suspend", "shutdown", "reset", "timeout-request"):
+            log_state = JobState.STOPPED if msg.reason == "reset" else JobState.INTERRUPTED
+            self._finish_write(msg, log_state, JobState.PENDING, self._to_pending)
+            return
+        if msg.reason == "stop":
+            self._finish_write(msg, JobState.STOPPED, JobState.STOPPED, self._to_stopped)
+            return
+        if res.state == JobState.COMPLETE:
+            self._finish_write(msg, JobState.COMPLETE, JobState.COMPLETE, self._to_complete)
+            return
+        self.budget[jid] = self.budget.get(jid, 0) + 1
+        decision = policy.job_retry(job, self.budget[jid], res.exit)
+        if decision.retry:
+            wait = decision.wait if self.mode == "run" else None
+            self._finish_write(
+                msg, JobState.FAIL, JobState.PENDING, lambda j: self._to_retry(j, wait)
+            )
+            return
+        self._finish_write(msg, JobState.FAIL, JobState.FAIL, self._to_failed)
+
+    def _finish_write(
+        self, msg: TryEnded, log_state: JobState, job_state: JobState, then: Callable[[str], None]
+    ) -> None:
+        jid = msg.job_id
+        res = msg.result
+        self.busy.add(jid)
+        error = res.error
+        if log_state == JobState.INTERRUPTED:
+            error = error or f"interrupted by {msg.reason}"
+
+        async def write() -> list[Any]:
+            return await self.env.journal.job_finished(
+                self.rid,
+                jid,
+                msg.try_no,
+                log_state=log_state,
+                job_state=job_state,
+                exit=res.exit,
+                error=error,
+                stdout=res.stdout,
+                stderr=res.stderr,
+                outputs=res.outputs if log_state == JobState.COMPLETE else {},
+                at=self.env.now(),
+            )
+
+        def done() -> None:
+            self.busy.discard(jid)
+            if log_state == JobState.COMPLETE:
+                self.values.apply_outputs(self.chain.jobs[jid], res.outputs)
+            then(jid)
+
+        self._write(f"finish {jid}", write, done)
+
+    def _write(self, what: str, write: Callable[[], Any], then: Callable[[], None]) -> None:
+        """Journal, then apply `then` in the loop. A failed write is retried until it commits
+        (the chain stalls and the daemon reports itself unhealthy meanwhile): what the journal
+        does not hold must not happen."""
+        self.inflight += 1
+
+        def applied() -> None:
+            self.inflight -= 1
+            then()
+
+        async def go() -> None:
+            delay = 0.2
+            while True:
+                try:
+                    events = await write()
+                    break
+                except IllegalTransition as exc:
+                    # the journal disagrees with us: a bug, not a fault that clears; keep going
+                    logger.error("journal refused {}: {}", what, exc, action="journal_cas")
+                    events = []
+                    break
+                except Exception as exc:
+                    self.post(WriteFailed(what, exc))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            self.env.publish(events)
+            self.post(Written(applied))
+
+        self._spawn(go(), f"write:{self.rid}:{what}")
+
+    # ---- what a journaled end does
+
+    def _mark_done(self, jid: str) -> None:
+        for gid, csid in self.copies.get(jid, ()):
+            n = self.copy_open.get(csid, 0) - 1
+            self.copy_open[csid] = n
+            if n == 0 and csid in self.copy_started:
+                self.group_active[gid] -= 1
+        for s in self.succs.get(jid, ()):
+            self.pending_preds[s] -= 1
+            if self.pending_preds[s] == 0 and self.state[s] == JobState.PENDING:
+                self._make_ready(s)
+
+    def _make_ready(self, jid: str) -> None:
+        if jid not in self.timers and self.state[jid] == JobState.PENDING:
+            self.ready[jid] = None
+
+    def _to_complete(self, jid: str) -> None:
+        self.state[jid] = JobState.COMPLETE
+        self._mark_done(jid)
+        self._check_resets()
+
+    def _to_pending(self, jid: str) -> None:
+        self.state[jid] = JobState.PENDING
+        if self.pending_preds[jid] == 0:
+            self._make_ready(jid)
+        self._check_resets()
+
+    def _to_stopped(self, jid: str) -> None:
+        self.state[jid] = JobState.STOPPED
+        self._check_resets()
+
+    def _to_retry(self, jid: str, wait: float | None) -> None:
+        self.state[jid] = JobState.PENDING
+        if wait is None:  # shutting down: the next try happens after resume
+            return
+        if wait <= 0:
+            self._make_ready(jid)
+        else:
+            loop = asyncio.get_running_loop()
+            self.timers[jid] = loop.call_later(wait, self.post, Timer(lambda: self._retry_due(jid)))
+        self._check_resets()
+
+    def _retry_due(self, jid: str) -> None:
+        self.timers.pop(jid, None)
+        if self.state[jid] == JobState.PENDING and self.pending_preds[jid] == 0:
+            self.ready[jid] = None
+
+    def _to_failed(self, jid: str) -> None:
+        self.state[jid] = JobState.FAIL
+        job = self.chain.jobs[jid]
+        scope = (
+            policy.sequence_retry(self.chain, job, self.scope_tries) if self.mode == "run" else None
+        )
+        if scope is None:
+            self.failed = True
+            logger.warning("job {} ({}) failed for good", job.name, jid, action="job_failed")
+            self._check_resets()
+            return
+        logger.info("sequence retry of scope {} after {} failed", scope, jid, action="seq_retry")
+        self.blocked_scopes.add(scope)
+        self.resetting.add(scope)
+        inside = set(self.chain.scope_jobs(scope))
+        for other, runner in self.running.items():
+            if other in inside and runner is not None:
+                self._spawn(runner.stop("reset"), f"stop:{self.rid}:{other}")
+        self._check_resets()
+
+    def _check_resets(self) -> None:
+        for scope in list(self.resetting):
+            inside = self.chain.scope_jobs(scope)
+            if any(j in self.running or j in self.busy for j in inside):
+                continue
+            self.resetting.discard(scope)
+            self._reset_scope(scope, inside)
+
+    def _reset_scope(self, scope: str, inside: list[str]) -> None:
+        jobs = [
+            j for j in inside if not (self.chain.jobs[j].kind == JobKind.DEFERRED and self._done(j))
+        ]
+        scope_try = self.scope_tries.get(scope, 1) + 1
+        wait = self.chain.scopes[scope].retry_wait
+        for j in jobs:
+            self.busy.add(j)
+            h = self.timers.pop(j, None)
+            if h is not None:
+                h.cancel()
+            self.ready.pop(j, None)
+
+        async def write() -> list[Any]:
+            return await self.env.journal.reset_jobs(
+                self.rid, jobs, scope_id=scope, scope_try=scope_try, at=self.env.now()
+            )
+
+        def done() -> None:
+            self.scope_tries[scope] = scope_try
+            for j in jobs:
+                self.busy.discard(j)
+                was_done = self._done(j)
+                self.state[j] = JobState.PENDING
+                self.epoch[j] = self.epoch.get(j, 1) + 1
+                self.budget[j] = 0
+                if was_done:
+                    for gid, csid in self.copies.get(j, ()):
+                        n = self.copy_open.get(csid, 0)
+                        self.copy_open[csid] = n + 1
+                        if n == 0 and csid in self.copy_started:
+                            self.group_active[gid] += 1
+            affected = set(jobs)
+            for j in jobs:
+                affected.update(self.succs.get(j, ()))
+            for j in affected:
+                self.pending_preds[j] = sum(1 for p in self.preds[j] if not self._done(p))
+            self.values.reset_scope(scope)
+
+            def unblock() -> None:
+                self.timers.pop(f"scope:{scope}", None)
+                self.blocked_scopes.discard(scope)
+                for j in jobs:
+                    if self.pending_preds[j] == 0:
+                        self._make_ready(j)
+
+            if wait > 0 and self.mode == "run":
+                loop = asyncio.get_running_loop()
+                self.timers[f"scope:{scope}"] = loop.call_later(wait, self.post, Timer(unblock))
+            else:
+                unblock()
+
+        self._write(f"reset {scope}", write, done)
+
+    # ---- deferred expansion
+
+    def _expand(self, jid: str) -> None:
+        self.busy.add(jid)
+        self.inflight += 1
+
+        async def go() -> None:
+            try:
+                patch = await expand(
+                    self.chain, jid, self.values, self.env.factory, limits=self.env.limits
+                )
+            except Exception as exc:
+                self.inflight -= 1
+                text = (
+                    exc.message
+                    if isinstance(exc, BuildError)
+                    else f"expansion failed: {type(exc).__name__}: {exc}"
+                )
+                self.post(Written(lambda: self._expansion_failed(jid, text)))
+                return
+            self.inflight -= 1
+            self.post(Timer(lambda: self._journal_patch(jid, patch)))
+
+        self._spawn(go(), f"expand:{self.rid}:{jid}")
+
+    def _journal_patch(self, jid: str, patch: ChainPatch) -> None:
+        async def write() -> list[Any]:
+            return await self.env.journal.apply_patch(self.rid, patch)
+
+        self._write(f"expand {jid}", write, lambda: self._apply_patch(jid, patch))
+
+    def _apply_patch(self, jid: str, patch: ChainPatch) -> None:
+        self.busy.discard(jid)
+        self.chain.apply(patch)
+        self.values.apply_patch(patch)
+        self.preds = self.chain.predecessors()
+        self.succs = self.chain.successors()
+        new = [j.id for j in patch.jobs]
+        for j in new:
+            self.state[j] = JobState.PENDING
+        for j in new:
+            self.pending_preds[j] = sum(1 for p in self.preds[j] if not self._done(p))
+        for s in self.succs[jid]:
+            if s not in new:
+                self.pending_preds[s] = sum(1 for p in self.preds[s] if not self._done(p))
+        self._count_copies(new)
+        self.state[jid] = JobState.COMPLETE
+        self._mark_done(jid)
+        logger.info("expanded {} into {} jobs", jid, len(new), action="expand")
+
+    def _expansion_failed(self, jid: str, message: str) -> None:
+        self.busy.discard(jid)
+        logger.error("expansion of {} failed: {}", jid, message, action="expand_failed")
+        try_no = self.tries.get(jid, 0) + 1
+        self.tries[jid] = try_no
+        self.busy.add(jid)
+
+        async def write() -> list[Any]:
+            ev = await self.env.journal.job_started(
+                self.rid, jid, try_no, self.epoch.get(jid, 1), self.env.now()
+            )
+            ev2 = await self.env.journal.job_finished(
+                self.rid,
+                jid,
+                try_no,
+                log_state=JobState.FAIL,
+                job_state=JobState.FAIL,
+                exit=None,
+                error=message,
+                stdout="",
+                stderr="",
+                outputs={},
+                at=self.env.now(),
+            )
+            return [*ev, *ev2]
+
+        def done() -> None:
+            self.busy.discard(jid)
+            self.state[jid] = JobState.FAIL
+            self.failed = True
+
+        self._write(f"expand-fail {jid}", write, done)
+
+    # ---- failures of the journal itself
+
+    def _on_launch_failed(self, msg: LaunchFailed) -> None:
+        """The RUNNING row could not be committed: the job did not run; try again later."""
+        jid = msg.job_id
+        self.running.pop(jid, None)
+        self.env.slots.release()
+        self.tries[jid] = self.tries.get(jid, 1) - 1
+        self.state[jid] = JobState.PENDING
+        self.ready[jid] = None
+        logger.error("journal write failed, job not started: {}", msg.error, action="journal_fail")
+        self._stall()
+
+    def _on_write_failed(self, msg: WriteFailed) -> None:
+        logger.error("journal write failed ({}): {}", msg.what, msg.error, action="journal_fail")
+        self.env.journal_failed(msg.error)
+        self._stall()
+
+    def _stall(self) -> None:
+        """Stop starting jobs until the journal works again (checked every second)."""
+        if self.journal_stalled:
+            return
+        self.journal_stalled = True
+
+        def probe() -> None:
+            self.timers.pop("journal", None)
+            if self.env.journal_healthy() or self.mode != "run":
+                self.journal_stalled = False
+            else:
+                loop = asyncio.get_running_loop()
+                self.timers["journal"] = loop.call_later(1.0, self.post, Timer(probe))
+
+        loop = asyncio.get_running_loop()
+        self.timers["journal"] = loop.call_later(1.0, self.post, Timer(probe))
+
+    # ---- stop, suspend, shutdown, timeout
+
+    def _on_control(self, msg: Control) -> None:
+        if msg.kind == "timeout":
+            self.timed_out = True
+            kind, reason = "stop", "request timed out"
+        else:
+            kind, reason = msg.kind, msg.reason
+        if self.mode != "run" and not (self.mode == "shutdown" and kind == "shutdown"):
+            if kind == "stop" and self.mode in ("suspend", "shutdown"):
+                self.mode = "stop"
+            return
+        self.mode = "stop" if self.timed_out else kind
+        self.stop_reason = reason
+        for key, h in list(self.timers.items()):
+            h.cancel()
+            del self.timers[key]
+        self.ready.clear()
+        stop_reason = "stop" if self.mode == "stop" else self.mode
+        if self.timed_out:
+            stop_reason = "stop"
+        if self.mode == "shutdown" and msg.grace > 0:
+            loop = asyncio.get_running_loop()
+            loop.call_later(msg.grace, self.post, Timer(lambda: self._stop_running("shutdown")))
+            return
+        self._stop_running(stop_reason)
+
+    def _stop_running(self, reason: str) -> None:
+        for jid, runner in list(self.running.items()):
+            if runner is not None:
+                self._spawn(runner.stop(reason), f"stop:{self.rid}:{jid}")
