@@ -86,7 +86,7 @@ class Runtime:
             "request created: {} by {}", type, user, request_id=rec.id, action="request_created"
         )
         state = ChainState(state={j: JobState.PENDING for j in chain.jobs})
-        self._start(rec.id, chain, ScopeVars(chain), state, user)
+        self._start(rec.id, chain, ScopeVars(chain), state, user, fresh=True)
         view = await self.journal.get_view(rec.id)
         assert view is not None
         return view, True
@@ -115,26 +115,45 @@ class Runtime:
 
     # ---- running
 
-    def _start(self, rid: str, chain: Chain, values: ScopeVars, st: ChainState, user: str) -> None:
+    async def _restart(
+        self, rid: str, chain: Chain, values: ScopeVars, st: ChainState, user: str
+    ) -> None:
+        """Journal RUNNING first (so that the caller's answer already says so), then run."""
+        await self._set_state(
+            rid,
+            RequestState.RUNNING,
+            expect=(
+                RequestState.PENDING,
+                RequestState.SUSPENDED,
+                RequestState.RUNNING,
+                RequestState.FAIL,
+                RequestState.STOPPED,
+            ),
+        )
+        self._start(rid, chain, values, st, user)
+
+    def _start(
+        self,
+        rid: str,
+        chain: Chain,
+        values: ScopeVars,
+        st: ChainState,
+        user: str,
+        *,
+        fresh: bool = False,
+    ) -> None:
         trav = Traverser(self.env, rid, chain, values, st, user=user)
         self.traversers[rid] = trav
-        task = asyncio.get_running_loop().create_task(self._drive(rid, trav), name=f"chain:{rid}")
+        task = asyncio.get_running_loop().create_task(
+            self._drive(rid, trav, fresh), name=f"chain:{rid}"
+        )
         self.drivers[rid] = task
 
-    async def _drive(self, rid: str, trav: Traverser) -> None:
+    async def _drive(self, rid: str, trav: Traverser, fresh: bool) -> None:
         try:
             with logger.contextualize(request_id=rid):
-                await self._set_state(
-                    rid,
-                    RequestState.RUNNING,
-                    expect=(
-                        RequestState.PENDING,
-                        RequestState.SUSPENDED,
-                        RequestState.RUNNING,
-                        RequestState.FAIL,
-                        RequestState.STOPPED,
-                    ),
-                )
+                if fresh:
+                    await self._set_state(rid, RequestState.RUNNING, expect=(RequestState.PENDING,))
                 final = await trav.run()
                 state, reason = trav.outcome()
                 assert state == final
@@ -271,7 +290,7 @@ class Runtime:
         for j, s in st.state.items():
             if s == JobState.RUNNING:
                 st.state[j] = JobState.PENDING
-        self._start(rid, chain, values, st, loaded.record.user)
+        await self._restart(rid, chain, values, st, loaded.record.user)
 
     # ---- control
 

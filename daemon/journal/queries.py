@@ -123,12 +123,14 @@ COMPLETE_DEFERRED = """UPDATE jobs SET
 WHERE request_id = :request_id AND job_id = :job_id AND kind = 'deferred'
     AND state IN ('PENDING', 'RUNNING')"""
 
-#: Jobs in :job_ids (JSON array) that are not RUNNING go back to PENDING; tries are kept.
+#: Jobs in :job_ids (JSON array) that are not RUNNING go back to PENDING; tries are kept and
+#: seq_try (the job's run epoch: its retry budget counts failed tries of the current epoch)
+#: goes up by one, so that a reset job gets a fresh budget, also after a restart.
 RESET_JOBS = """UPDATE jobs SET
     state = 'PENDING',
     outputs = NULL,
     finish_order = NULL,
-    seq_try = COALESCE(:seq_try, seq_try)
+    seq_try = seq_try + 1 + 0 * COALESCE(:seq_try, 0)
 WHERE request_id = :request_id AND state != 'RUNNING'
     AND job_id IN (SELECT value FROM json_each(:job_ids))"""
 

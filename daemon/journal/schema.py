@@ -231,7 +231,11 @@ async def _connect(target: str, *, uri: bool = False) -> aiosqlite.Connection:
 
 
 async def _inspect_read_only(path: Path) -> JournalInfo:
-    db = await _connect(path.as_uri() + "?mode=ro", uri=True)
+    # Without a -wal file the database file is complete: read it as immutable, which takes no
+    # lock and creates no -wal/-shm files beside a file we may refuse. With one (a journal
+    # that was not closed cleanly, or in use), read through it, read-only.
+    wal = path.with_name(path.name + "-wal")
+    db = await _connect(path.as_uri() + ("?mode=ro" if wal.exists() else "?immutable=1"), uri=True)
     try:
         return await run_in_connection_thread(db, inspect)
     except sqlite3.DatabaseError as exc:

@@ -13,7 +13,9 @@ from daemon.model import JobState, RequestState
 T0 = 1_000_000.0  # a fixed "now" for records; the journal never reads the clock for them
 
 
-def make_chain(n_jobs: int = 3, *, deferred: tuple[str, ...] = (), request_type: str = "deploy") -> Chain:
+def make_chain(
+    n_jobs: int = 3, *, deferred: tuple[str, ...] = (), request_type: str = "deploy"
+) -> Chain:
     """A line j1 -> j2 -> ... in scope s1; ids in `deferred` are deferred nodes."""
     jobs = {}
     for i in range(1, n_jobs + 1):

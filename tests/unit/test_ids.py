@@ -86,7 +86,7 @@ def test_is_valid_request_id(text: str, ok: bool) -> None:
         ("j1a", False),
         ("1", False),
         ("j-1", False),
-        ("j١", False),  # not an ASCII digit
+        ("j\u0661", False),  # ARABIC-INDIC DIGIT ONE: not an ASCII digit
         ("j1234567890123", False),
     ],
 )

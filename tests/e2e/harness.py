@@ -1,0 +1,203 @@
+"""A real spind daemon as a subprocess, driven over its real Unix socket.
+
+`Daemon(tmp_path, specs={...})` writes the spec files, starts `python -m daemon serve` with
+its journal, socket and specs under tmp_path, and waits until the API answers. Helpers send
+real signals (SIGTERM, SIGKILL, SIGHUP) and read the journal file directly with sqlite3.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+FINAL = ("COMPLETE", "FAIL", "STOPPED")
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def eventually(fn: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll `fn` until it returns something truthy; fail with its last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"not true after {timeout}s; last value: {last!r}")
+
+
+class Daemon:
+    def __init__(
+        self,
+        root: Path,
+        specs: dict[str, str] | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        config: str | None = None,
+    ) -> None:
+        self.root = root
+        self.specs_dir = root / "specs"
+        self.specs_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in (specs or {}).items():
+            (self.specs_dir / name).write_text(text)
+        self.journal = root / "var" / "spind.db"
+        self.socket = root / "var" / "spind.sock"
+        self.log_path = root / "daemon.log"
+        self.config = None
+        if config is not None:
+            self.config = root / "spind.yaml"
+            self.config.write_text(config)
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    # ---- process
+
+    def start(self, wait: bool = True) -> Daemon:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SPIND_", "NOTIFY_"))}
+        env.update(
+            SPIND_SPECS=str(self.specs_dir),
+            SPIND_JOURNAL=str(self.journal),
+            SPIND_SOCKET=str(self.socket),
+            SPIND_LISTEN="",
+            SPIND_LOG_LEVEL="DEBUG",
+            PYTHONPATH=str(REPO),
+        )
+        env.update(self.extra_env)
+        args = [sys.executable, "-m", "daemon", "serve"]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log.write(f"---- start {self.starts + 1}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(
+            args, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        self.starts += 1
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                status, _ = self.call("GET", "/api/v1/version")
+            except OSError:
+                return False
+            return status == 200
+
+        eventually(ready, timeout)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill9(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.wait_exit()
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        self.signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # ---- API
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        conn = _UnixHTTP(str(self.socket))
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers=headers or {})
+            resp = conn.getresponse()
+            raw = resp.read()
+            try:
+                return resp.status, json.loads(raw) if raw else None
+            except ValueError:
+                return resp.status, raw.decode(errors="replace")
+        finally:
+            conn.close()
+
+    def start_request(self, type: str, **args: Any) -> str:
+        status, body = self.call("POST", "/api/v1/requests", {"type": type, "args": args})
+        assert status == 201, (status, body)
+        return str(body["id"])
+
+    def request(self, rid: str) -> dict[str, Any]:
+        status, body = self.call("GET", f"/api/v1/requests/{rid}")
+        assert status == 200, (status, body)
+        return dict(body)
+
+    def state(self, rid: str) -> str:
+        return str(self.request(rid)["state"])
+
+    def wait_state(self, rid: str, *states: str, timeout: float = 30.0) -> dict[str, Any]:
+        want = states or FINAL
+        return dict(eventually(lambda: (r := self.request(rid))["state"] in want and r, timeout))
+
+    def log_rows(self, rid: str) -> list[dict[str, Any]]:
+        status, body = self.call("GET", f"/api/v1/requests/{rid}/log")
+        assert status == 200, (status, body)
+        return list(body)
+
+    def put(self, rid: str, action: str, body: Any = None) -> tuple[int, Any]:
+        return self.call("PUT", f"/api/v1/requests/{rid}/{action}", body)
+
+    # ---- journal, read directly
+
+    def db(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(f"file:{self.journal}?mode=ro", uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+
+def ledger_lines(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
