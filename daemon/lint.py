@@ -18,6 +18,7 @@ from typing import Protocol
 
 from daemon import lint_calls, lint_fields, lint_graph
 from daemon.diagnostics import Diagnostic, Severity, sort_key
+from daemon.spec import NodeSpec
 from daemon.specload import SpecSet
 
 __all__ = ["JobTypeLookup", "format_report", "lint"]
@@ -51,10 +52,12 @@ def lint(specs: SpecSet, job_types: JobTypeLookup | None = None) -> list[Diagnos
     out: list[Diagnostic] = list(specs.diagnostics)
     undecoded = _undecoded(specs)
     callees = lint_calls.Callees(specs, undecoded)
+    called = _called(specs)
     for name, seq in specs.sequences.items():
         decoded = name not in undecoded
+        graph = lint_graph.check_graph(specs, name, seq, decoded, name in called)
         out.extend(_guarded(specs, name, lint_fields.check_sequence(specs, name, seq, decoded)))
-        out.extend(_guarded(specs, name, lint_graph.check_graph(specs, name, seq, decoded)))
+        out.extend(_guarded(specs, name, graph))
         out.extend(_guarded(specs, name, _nodes(specs, name, callees, job_types)))
     found = {(d.sequence, d.check) for d in out if d.sequence is not None}
     broken: dict[str, str] = {}
@@ -69,8 +72,26 @@ def _nodes(
     specs: SpecSet, name: str, callees: lint_calls.Callees, job_types: JobTypeLookup | None
 ) -> Iterator[Diagnostic]:
     for node in specs.sequences[name].node_list():
-        yield from lint_fields.check_node(specs, name, node)
-        yield from lint_calls.check_node_calls(specs, name, node, callees, job_types)
+        yield from _guarded(specs, name, _node(specs, name, node, callees, job_types))
+
+
+def _node(
+    specs: SpecSet,
+    name: str,
+    node: NodeSpec,
+    callees: lint_calls.Callees,
+    job_types: JobTypeLookup | None,
+) -> Iterator[Diagnostic]:
+    yield from lint_fields.check_node(specs, name, node)
+    yield from lint_calls.check_node_calls(specs, name, node, callees, job_types)
+
+
+def _called(specs: SpecSet) -> set[str]:
+    """Sequences some node calls (an error here only costs the unused-set warnings)."""
+    try:
+        return {t for callees in lint_calls.call_graph(specs).values() for t in callees}
+    except Exception:
+        return set(specs.sequences)
 
 
 def _undecoded(specs: SpecSet) -> set[str]:
@@ -91,7 +112,10 @@ def _guarded(
         for d in checks:
             got.append(d)
     except Exception as exc:
-        file, line, col = specs.where(sequence) if sequence is not None else ("", 1, 1)
+        try:
+            file, line, col = specs.where(sequence) if sequence is not None else ("", 1, 1)
+        except Exception:
+            file, line, col = ("", 1, 1)
         if not file and specs.files:
             file = specs.files[0]
         got.append(

@@ -130,9 +130,13 @@ def outputs(node: NodeSpec) -> list[tuple[str, FieldPath]]:
 
 
 def check_graph(
-    specs: SpecSet, name: str, seq: SequenceSpec, decoded: bool
+    specs: SpecSet, name: str, seq: SequenceSpec, decoded: bool, called: bool = False
 ) -> Iterator[Diagnostic]:
-    """Deps, cycles, start node, then (on a sound graph) arg flow and set-but-unused args."""
+    """Deps, cycles, start node, then (on a sound graph) arg flow and set-but-unused args.
+
+    `called`: some node calls this sequence, and may lift what it sets, so an arg that no node
+    of its own uses is not reported as unused.
+    """
     nodes = seq.nodes
     if not nodes:
         return
@@ -168,7 +172,7 @@ def check_graph(
     if not sound:
         return
     yield from _arg_flow(specs, name, seq, real, graph)
-    if seq.request:
+    if seq.request and not called:
         yield from _unused_sets(specs, name, real)
 
 

@@ -79,7 +79,7 @@ def job_order(chain: Chain) -> list[str]:
     return out
 
 
-def runtime_args(chain: Chain, job: ChainJob) -> list[str]:
+def runtime_args(job: ChainJob) -> list[str]:
     """The args a job reads from its scope whose values the build did not know."""
     return [e for e, _ in job.inputs if e not in job.args]
 
@@ -99,7 +99,7 @@ def chain_to_json(chain: Chain) -> dict[str, Any]:
             "name": job.name,
             "type": job.type,
             "args": {} if deferred else dict(job.args),
-            "runtimeArgs": runtime_args(chain, job),
+            "runtimeArgs": runtime_args(job),
             "retry": job.retry,
             "retryWait": job.retry_wait,
             "sequence": job.scope,
@@ -251,7 +251,7 @@ def _job_line(tree: _Tree, job: ChainJob) -> str:
         parts.append(_deferred_what(tree.chain, job))
     else:
         args = _kv(job.args)
-        unknown = ", ".join(f"{n}={RUN_TIME}" for n in runtime_args(tree.chain, job))
+        unknown = ", ".join(f"{n}={RUN_TIME}" for n in runtime_args(job))
         shown = ", ".join(p for p in (args, unknown) if p)
         if shown:
             parts.append(f"args: {shown}")

@@ -130,7 +130,7 @@ RESET_JOBS = """UPDATE jobs SET
     state = 'PENDING',
     outputs = NULL,
     finish_order = NULL,
-    seq_try = seq_try + 1 + 0 * COALESCE(:seq_try, 0)
+    seq_try = seq_try + 1
 WHERE request_id = :request_id AND state != 'RUNNING'
     AND job_id IN (SELECT value FROM json_each(:job_ids))"""
 

@@ -18,7 +18,15 @@ from daemon.chain import Chain
 from daemon.journal import queries as q
 from daemon.journal import rows
 from daemon.journal.rows import LoadedRequest, RequestFilter
-from daemon.model import Event, JobLogRow, JobState, JobView, RequestDetail, RequestView
+from daemon.model import (
+    Event,
+    JobLogRow,
+    JobState,
+    JobView,
+    RequestDetail,
+    RequestState,
+    RequestView,
+)
 
 T = TypeVar("T")
 
@@ -96,7 +104,7 @@ def filter_params(f: RequestFilter) -> dict[str, Any]:
     return {
         "type": f.type,
         "user": f.user,
-        "states": rows.to_json([s.value for s in f.states]),
+        "states": rows.to_json([RequestState(s).value for s in f.states]),
         "args": rows.to_json(f.args),
         "since": f.since,
         "until": f.until,

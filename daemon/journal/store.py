@@ -197,7 +197,8 @@ class Journal:
         scope_try: int | None,
         at: float,
     ) -> list[Event]:
-        """Jobs back to PENDING (tries kept, outputs cleared); record the scope's try."""
+        """Jobs back to PENDING: tries kept, outputs cleared, each job's seq_try (its run
+        epoch) up by one; and scope_tries[scope_id] = scope_try."""
         write = writes.make_reset_jobs(request_id, job_ids, scope_id, scope_try, at)
         return await self._writer.submit(write)
 

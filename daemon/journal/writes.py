@@ -285,7 +285,7 @@ def make_reset_jobs(
         raise ValueError("scope_id and scope_try go together")
     if scope_try is not None and scope_try < 1:
         raise ValueError("scope tries start at 1")
-    params = {"request_id": request_id, "job_ids": rows.to_json(ids), "seq_try": scope_try}
+    params = {"request_id": request_id, "job_ids": rows.to_json(ids)}
     detail = f"{len(ids)} jobs" + (f" of scope {scope_id}, try {scope_try}" if scope_id else "")
 
     def write(conn: sqlite3.Connection) -> list[Event]:

@@ -336,14 +336,16 @@ async def test_reset_jobs_for_sequence_retry(journal: Journal) -> None:
     assert [(r.try_, r.sequence_try) for r in log] == [(1, 1), (2, 2)]
 
 
-async def test_reset_jobs_without_scope_keeps_seq_try(journal: Journal) -> None:
-    await journal.create_request(make_record("R1"), make_chain(1))
+async def test_each_reset_starts_a_new_epoch(journal: Journal) -> None:
+    await journal.create_request(make_record("R1"), make_chain(2))
     await run_job(journal, "R1", "j1", state=JobState.FAIL)
-    await journal.reset_jobs("R1", ["j1"], scope_id=None, scope_try=None, at=T0)
-    loaded = await journal.load_request("R1")
-    assert loaded is not None
-    assert (loaded.jobs["j1"].state, loaded.jobs["j1"].seq_try) == (JobState.PENDING, 1)
-    assert loaded.scope_tries == {}
+    for epoch in (2, 3):
+        await journal.reset_jobs("R1", ["j1"], scope_id=None, scope_try=None, at=T0)
+        loaded = await journal.load_request("R1")
+        assert loaded is not None
+        assert (loaded.jobs["j1"].state, loaded.jobs["j1"].seq_try) == (JobState.PENDING, epoch)
+        assert loaded.jobs["j2"].seq_try == 1  # not reset
+        assert loaded.scope_tries == {}
 
 
 async def test_reset_jobs_refusals(journal: Journal) -> None:

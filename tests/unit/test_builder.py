@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -910,13 +909,10 @@ async def test_limits() -> None:
 async def test_each_over_a_million_elements_fails_before_building_anything() -> None:
     spec = seq_with("a: {category: job, type: t, each: [hs:h]}", "required: [{name: hs}]")
     factory = FakeFactory()
-    started = time.process_time()
     with pytest.raises(BuildError) as info:
         await build(load(spec), "r", {"hs": ["h"] * 1_000_000}, factory)
     assert "each over 1000000 elements; the limit is 100000 (max_each_elements)" in str(info.value)
     assert factory.created == []  # failed before a single job was made
-    # a loose sanity bound on CPU, not a speed assertion: building would take minutes
-    assert time.process_time() - started < 30
 
 
 # ---- deferred nodes

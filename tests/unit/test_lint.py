@@ -248,10 +248,11 @@ def test_hand_built_garbage_never_raises() -> None:
             },
         ),
     }
+    weird["not-a-sequence"] = "oops"
     specs = SpecSet(sequences=weird)
     diags = lint(specs, TableJobTypes())
     assert all(d.line >= 1 for d in diags)
-    assert {d.sequence for d in diags if d.check == "internal"} == {"garbage"}
+    assert {d.sequence for d in diags if d.check == "internal"} == {"garbage", "not-a-sequence"}
     assert {"sequence-cycle", "dep-cycle", "null-entry", "acl-bad-op"} <= {d.check for d in diags}
 
 

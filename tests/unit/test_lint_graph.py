@@ -214,6 +214,20 @@ sequences:
         {("unused-set", "r", "a")},
     ),
     (
+        "a request that another sequence calls may have its sets lifted: not unused",
+        f"""
+sequences:
+  r:
+    request: true
+    nodes:
+      a: {{{J}, sets: [x]}}
+  s:
+    nodes:
+      call: {{category: sequence, type: r, sets: [x]}}
+""",
+        set(),
+    ),
+    (
         "two setters of one arg, or a setter of a sequence arg, is a sequence-level warning",
         f"""
 sequences:

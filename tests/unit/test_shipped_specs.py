@@ -3,6 +3,7 @@ their jobs (real shell and sleep jobs, run here one at a time) do what the comme
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from daemon.jobs.base import JobContext, JobResult
 from daemon.jobs.registry import JobFactory
 from daemon.lint import lint
 from daemon.model import JobState
-from daemon.plan import job_order
+from daemon.plan import job_order, plan_command
 from daemon.specload import SpecSet, load_dir
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
@@ -161,3 +162,36 @@ async def test_sleep_takes_its_duration_from_the_arg(specs: SpecSet) -> None:
     result = await run(bad, ScopeVars(bad), next(iter(bad.jobs.values())))
     assert result.state == JobState.FAIL
     assert "duration" in result.error
+
+
+def doc_examples() -> list[tuple[list[str], str]]:
+    """(`spind plan` words, the output shown) of every example in docs/specs.md."""
+    lines = (SPECS.parent / "docs" / "specs.md").read_text().splitlines()
+    blocks: list[list[str]] = []
+    inside = False
+    for line in lines:
+        if line.startswith("```"):
+            inside = not inside
+            if inside:
+                blocks.append([])
+        elif inside:
+            blocks[-1].append(line)
+    out = []
+    for block in blocks:
+        for part in re.split(r"\n(?=\$ )", "\n".join(block)):
+            if part.startswith("$ spind plan "):
+                command, _, shown = part.partition("\n")
+                out.append((command.split()[3:], shown.strip("\n") + "\n"))
+    return out
+
+
+@pytest.mark.parametrize(("words", "shown"), doc_examples())
+async def test_docs_show_what_plan_prints(
+    words: list[str], shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await plan_command(SPECS, None, words[0], words[1:], False) == 0
+    assert capsys.readouterr().out == shown
+
+
+def test_docs_have_examples() -> None:
+    assert len(doc_examples()) >= len(CASES)
