@@ -24,6 +24,7 @@ from loguru import logger
 from daemon import __version__
 from daemon.api.app import make_app, start_sites
 from daemon.api.auth import AuthSettings
+from daemon.backup import JournalLock
 from daemon.builder import Limits
 from daemon.config import Config, ConfigError, load_config
 from daemon.events import EventBus
@@ -95,6 +96,22 @@ class Daemon:
                     cfg.listen,
                 )
                 return EXIT_REFUSED
+        self.lock = JournalLock(cfg.journal)
+        try:
+            locked = self.lock.acquire()
+        except OSError as exc:
+            logger.error("journal {}: cannot create its lock file: {}", cfg.journal, exc)
+            return EXIT_REFUSED
+        if not locked:
+            logger.error("journal {}: another spind daemon is running on it", cfg.journal)
+            return EXIT_REFUSED
+        try:
+            return await self._run_locked()
+        finally:
+            self.lock.release()
+
+    async def _run_locked(self) -> int:
+        cfg = self.cfg
         try:
             self.journal = await Journal.open(cfg.journal, synchronous=cfg.synchronous)
         except JournalError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -72,6 +73,49 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return asyncio.run(plan_command(directory, jobs, args.type, args.args, args.json))
 
 
+def _journal_path(args: argparse.Namespace) -> str | int:
+    from daemon.config import ConfigError, load_config
+
+    if args.journal:
+        return str(args.journal)
+    try:
+        cfg, _file = load_config(args.config)
+    except ConfigError as exc:
+        print(f"spind: config: {exc.message}", file=sys.stderr)
+        return 2
+    return cfg.journal
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from daemon.backup import BackupError, backup
+
+    journal = _journal_path(args)
+    if isinstance(journal, int):
+        return journal
+    try:
+        size = backup(journal, args.dest)
+    except (BackupError, OSError, sqlite3.Error) as exc:
+        print(f"spind backup: {exc}", file=sys.stderr)
+        return 1
+    print(f"backed up {journal} to {args.dest} ({size} bytes)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from daemon.backup import BackupError, restore
+
+    journal = _journal_path(args)
+    if isinstance(journal, int):
+        return journal
+    try:
+        restore(args.backup, journal)
+    except (BackupError, OSError, sqlite3.Error) as exc:
+        print(f"spind restore: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored {args.backup} to {journal}; start the daemon to resume its chains")
+    return 0
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"spind {__version__}")
     return 0
@@ -102,6 +146,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("type", help="request type")
     s.add_argument("args", nargs="*", metavar="key=value", help="request args")
     s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("backup", help="copy the live journal (SQLite online backup)")
+    s.add_argument("dest", help="backup file to create")
+    s.add_argument("--journal", help="journal file (default: from the config)")
+    s.add_argument("--config", help="config file")
+    s.set_defaults(func=cmd_backup)
+
+    s = sub.add_parser("restore", help="replace a stopped daemon's journal with a backup")
+    s.add_argument("backup", help="backup file")
+    s.add_argument("--journal", help="journal file (default: from the config)")
+    s.add_argument("--config", help="config file")
+    s.set_defaults(func=cmd_restore)
 
     s = sub.add_parser("version", help="print the version")
     s.set_defaults(func=cmd_version)

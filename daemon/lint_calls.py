@@ -105,8 +105,8 @@ def _unknown_sequence(
     is_job_type = job_types is not None and job_types.params(target) is not None
     if is_job_type and node.category == Category.SEQUENCE:
         msg += f"; {target} is a job type: did you mean category: job?"
-        return specs.diag(E, "unknown-sequence", msg, seq, node.name, path=path)
-    msg += did_you_mean(target, [*specs.sequences, NOOP_SEQUENCE])
+    else:
+        msg += did_you_mean(target, [*specs.sequences, NOOP_SEQUENCE])
     return specs.diag(E, "unknown-sequence", msg, seq, node.name, path=path)
 
 
@@ -134,8 +134,9 @@ def _required_args(
     if not missing:
         return
     parts = [f"{arg} (required by {', '.join(seqs)})" for arg, seqs in missing.items()]
-    msg = f"node does not pass required arg{'s' if len(parts) > 1 else ''} {'; '.join(parts)}"
-    msg += ": list it in args or as an each element"
+    many = len(parts) > 1
+    msg = f"node does not pass required arg{'s' * many} {'; '.join(parts)}"
+    msg += f": pass {'them' if many else 'it'} in args or as an each element"
     yield specs.diag(E, "missing-required-arg", msg, seq, node.name, path=("args",))
 
 
@@ -269,14 +270,21 @@ def _templates(specs: SpecSet, seq: str, node: NodeSpec) -> Iterator[Diagnostic]
                 yield specs.diag(E, "unknown-template-arg", msg, seq, node.name, path=path)
 
 
+def _sequences(specs: SpecSet) -> Iterator[tuple[str, SequenceSpec]]:
+    """The sequences, skipping anything else a hand-built SpecSet may hold."""
+    for name, seq in specs.sequences.items():
+        if isinstance(seq, SequenceSpec) and isinstance(seq.nodes, dict):
+            yield name, seq
+
+
 def call_graph(specs: SpecSet) -> dict[str, list[str]]:
     """Sequence -> the defined sequences its nodes call."""
     graph: dict[str, list[str]] = {}
-    for name, seq in specs.sequences.items():
+    for name, seq in _sequences(specs):
         callees: dict[str, None] = {}
         for node in seq.node_list():
             for _, target in targets(node):
-                if target in specs.sequences:
+                if isinstance(specs.sequences.get(target), SequenceSpec):
                     callees[target] = None
         graph[name] = list(callees)
     return graph
@@ -336,7 +344,7 @@ def _propagate(
     changed = True
     while changed:
         changed = False
-        for name, seq in specs.sequences.items():
+        for name, seq in _sequences(specs):
             for node in seq.node_list():
                 for path, target in targets(node):
                     same_cycle = name in component and component.get(target) == component[name]

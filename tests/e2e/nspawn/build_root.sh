@@ -52,7 +52,7 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
     chroot "$ROOT.tmp" update-ca-certificates >&2
 fi
 chroot "$ROOT.tmp" apt-get clean
-# No getty on the (passive) console, a fixed machine id for a quiet first boot.
+# No getty on the (passive) console; an empty machine-id: each boot gets a transient one.
 chroot "$ROOT.tmp" systemctl mask console-getty.service getty@.service >&2 || true
 : >"$ROOT.tmp/etc/machine-id"
 mv "$ROOT.tmp" "$ROOT"
