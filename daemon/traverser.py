@@ -239,10 +239,10 @@ class Traverser:
     def _outcome(self) -> tuple[RequestState, str]:
         if self.held:
             return RequestState.SUSPENDED, self.held
-        if self.mode == "stop":
-            return RequestState.STOPPED, self.stop_reason or "stopped"
         if self.timed_out:
             return RequestState.FAIL, "request timed out"
+        if self.mode == "stop":
+            return RequestState.STOPPED, self.stop_reason or "stopped"
         if self.mode in ("suspend", "shutdown"):
             return RequestState.SUSPENDED, self.stop_reason
         if all(self._done(j) for j in self.chain.jobs):
