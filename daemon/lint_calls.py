@@ -204,8 +204,11 @@ def _job_type(
     params = job_types.params(type_name)
     if params is None:
         msg = f"unknown job type {type_name!r}"
+        known_types = getattr(job_types, "known_types", None)  # optional, for a hint
         if type_name in specs.sequences:
             msg += f"; {type_name} is a sequence: did you mean category: sequence?"
+        elif callable(known_types):
+            msg += did_you_mean(type_name, [str(t) for t in known_types()])
         yield specs.diag(E, "unknown-job-type", msg, seq, node.name, path=("type",))
         return
     given = node.with_ or {}

@@ -20,6 +20,7 @@ from daemon.model import (
     ArgView,
     Event,
     HealthView,
+    JobState,
     JobLogRow,
     RequestDetail,
     RequestTypeView,
@@ -84,8 +85,20 @@ class Service:
         detail = await self.journal.get_request(request_id)
         if detail is None:
             raise NotFound(f"no request {request_id}", {"id": request_id})
+        interrupted: dict[str, list[int]] = {}
+        if any(j.tries > 1 for j in detail.jobs):
+            for row in await self.journal.job_log(request_id):
+                if row.state == JobState.INTERRUPTED:
+                    interrupted.setdefault(row.job_id, []).append(row.try_)
         for job in detail.jobs:
-            job.status = self.runtime.job_status(request_id, job.id)
+            live = self.runtime.job_status(request_id, job.id)
+            cut = interrupted.get(job.id)
+            if cut:
+                note = "interrupted: try " + ", ".join(map(str, cut))
+                live = (
+                    f"{live} ({note}; resumed)" if live else f"{note}; resumed as try {job.tries}"
+                )
+            job.status = live
         return detail
 
     async def find_requests(self, f: FindFilter) -> list[RequestView]:

@@ -62,6 +62,9 @@ class TableJobTypes:
         entry = self.TABLE.get(type_name)
         return frozenset() if entry is None else entry[1]
 
+    def known_types(self) -> list[str]:
+        return list(self.TABLE)
+
     def check_with(self, type_name: str, with_: Mapping[str, Any]) -> list[str]:
         check = self.CHECKS.get(type_name)
         return [] if check is None else check(with_)
@@ -150,6 +153,11 @@ def test_job_types_are_checked_only_when_given(tmp_path: Path) -> None:
             " with: {cmd: [x], cmnd: y}}\n",
             "unknown-with-key",
             "did you mean 'cmd'?",
+        ),
+        (
+            "sequences:\n  s:\n    nodes:\n      a: {category: job, type: shel}\n",
+            "unknown-job-type",
+            "did you mean 'shell'?",
         ),
         (
             "sequences:\n  s:\n    nodes:\n      a: {category: job, type: noop, deps: [bb]}\n"
