@@ -128,6 +128,7 @@ class Daemon:
     async def _run_open(self) -> int:
         cfg = self.cfg
         boot = await self.journal.start_boot(os.getpid(), __version__)
+        self.journal.writer.on_commit = self.metrics.journal_committed
         logger.info("spind {} starting, boot {}, journal {}", __version__, boot, cfg.journal)
         self.factory = JobFactory(cfg.jobs)
         self.specs = SpecStore(cfg.specs, self.factory)
@@ -190,8 +191,9 @@ class Daemon:
         self._start_background()
         self.notifier.ready(status=self._status_text())
         code = await self._wait()
+        self.exit_code = code
         await self._shutdown(runner)
-        return code
+        return self.exit_code
 
     @staticmethod
     def _limits(cfg: Config) -> Limits:
@@ -246,8 +248,10 @@ class Daemon:
         while True:
             await asyncio.sleep(5.0)
             self.notifier.status(self._status_text())
-            requests, _jobs = self.runtime.counts()
-            self.metrics.requests.labels(state="RUNNING").set(requests)
+            try:
+                self.metrics.set_requests(await self.journal.count_by_state())
+            except JournalError as exc:
+                logger.warning("cannot count requests: {}", exc.message)
             stats = self.journal.stats
             if not stats.healthy:
                 self.notifier.status(f"journal unavailable: {stats.last_error}")
@@ -324,7 +328,12 @@ class Daemon:
             waiter.cancel()
             if not shutdown.done() and self.signals >= 2:
                 await self.runtime.shutdown(0.0)
-        await shutdown
+        limit = grace + self.cfg.job_stop_grace + 30.0
+        try:
+            await asyncio.wait_for(shutdown, limit)
+        except TimeoutError:
+            logger.error("shutdown did not finish in {:.0f}s: exiting anyway", limit)
+            self.exit_code = EXIT_FAIL
         await runner.cleanup()
         for task in self.bg:
             task.cancel()

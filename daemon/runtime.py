@@ -9,6 +9,7 @@ when the chain should go on, by a new traverser.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -160,8 +161,17 @@ class Runtime:
                 await asyncio.shield(
                     self._set_state(rid, state, expect=(RequestState.RUNNING,), reason=reason)
                 )
-        except Exception:
+        except Exception as exc:
+            # a bug, not a fault of the jobs: park the request for an operator instead of
+            # leaving it RUNNING with nobody driving it
             logger.exception("traverser of {} crashed", rid, action="traverser_crash")
+            with contextlib.suppress(Exception):
+                await self._set_state(
+                    rid,
+                    RequestState.SUSPENDED,
+                    expect=(RequestState.RUNNING, RequestState.PENDING),
+                    reason=f"internal error: {type(exc).__name__}: {exc}; resume it to go on",
+                )
         finally:
             self.traversers.pop(rid, None)
             self.drivers.pop(rid, None)

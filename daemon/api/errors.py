@@ -86,7 +86,8 @@ def error_middleware(max_body: int) -> Any:
                     msg=exc.message,
                     action="access_denied",
                 )
-            return error_response(exc.status, exc.message, exc.details)
+            challenge = {"WWW-Authenticate": 'Bearer realm="spind"'} if exc.status == 401 else None
+            return error_response(exc.status, exc.message, exc.details, challenge)
         except msgspec.ValidationError as exc:
             message, details = validation_error(exc)
             return error_response(400, message, details)

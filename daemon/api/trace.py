@@ -47,7 +47,7 @@ def trace_id_of(request: web.Request) -> str:
 async def trace_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     tid = trace_id_of(request)
     start = time.monotonic()
-    status = 500
+    status = 499  # nginx's "client closed request": only a disconnect escapes the errors layer
     with logger.contextualize(trace_id=tid):
         try:
             resp = await handler(request)

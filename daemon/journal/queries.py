@@ -227,3 +227,6 @@ EVENTS_AFTER = """SELECT seq, request_id, kind, state, at, job_id, try, detail F
 WHERE request_id = :request_id AND seq > :after ORDER BY seq LIMIT :limit"""
 
 FIND_IDEMPOTENT = "SELECT id, body_hash FROM requests WHERE idempotency_key = :key"
+
+#: How many requests are in each state (for metrics).
+COUNT_BY_STATE = "SELECT state, COUNT(*) FROM requests GROUP BY state"

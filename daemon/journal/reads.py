@@ -134,6 +134,10 @@ def find_idempotent(conn: sqlite3.Connection, key: str) -> tuple[str, str] | Non
     return None if row is None else (str(row[0]), str(row[1] or ""))
 
 
+def count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
+    return {str(r[0]): int(r[1]) for r in conn.execute(q.COUNT_BY_STATE)}
+
+
 def integrity_check(conn: sqlite3.Connection) -> str:
     return "\n".join(str(r[0]) for r in conn.execute(q.INTEGRITY_CHECK))
 

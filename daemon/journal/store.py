@@ -253,6 +253,10 @@ class Journal:
             raise BadRequest("offset must not be negative")
         return await self._read(partial(reads.find_requests, params=reads.filter_params(f)))
 
+    async def count_by_state(self) -> dict[str, int]:
+        """Requests per state, for metrics."""
+        return await self._read(reads.count_by_state)
+
     async def job_log(self, request_id: str, job_id: str | None = None) -> list[JobLogRow]:
         return await self._read(partial(reads.job_log, request_id=request_id, job_id=job_id))
 

@@ -140,6 +140,8 @@ class Writer:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.stats = WriterStats()
+        #: called after every commit with (seconds, writes in the batch), e.g. for metrics
+        self.on_commit: Callable[[float, int], None] | None = None
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -225,6 +227,11 @@ class Writer:
         self.stats.last_batch = len(batch)
         self.stats.last_commit_ms = elapsed_ms
         self.stats.healthy = True
+        if self.on_commit is not None:
+            try:
+                self.on_commit(elapsed_ms / 1000.0, len(batch))
+            except Exception as exc:  # a metrics hook must never break the journal
+                logger.warning("journal on_commit hook failed: {}", exc)
         for item, (ok, value) in zip(batch, outcomes, strict=True):
             self.stats.items += ok
             if item.future.done():  # the caller was cancelled; the write committed anyway

@@ -1,0 +1,188 @@
+"""The runtime in-process, wired as `daemon.app.Daemon` wires it, plus measuring helpers.
+
+`Rig` opens the real journal (a file in a fresh directory, default settings), records a boot,
+loads and lints the benchmark specs, and makes the RuntimeEnv and Runtime exactly as the daemon
+does (job factory, slots, event bus, metrics, loguru writing INFO lines to a log file). It can
+time journal commits as the traverser sees them: `Probe` wraps the journal's `job_started` and
+`job_finished` and stamps the moment each call returns, i.e. when its transaction committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from daemon import __version__
+from daemon.builder import Limits
+from daemon.events import EventBus
+from daemon.jobs.registry import JobFactory
+from daemon.journal.store import Journal
+from daemon.logsetup import setup_logging
+from daemon.metrics import Metrics
+from daemon.model import JobState, RequestState
+from daemon.runtime import Runtime
+from daemon.runtime_env import RuntimeEnv, Settings, Slots
+from daemon.specstore import SpecStore
+from tests.bench.specs import write_specs
+
+
+def rss_mb() -> float:
+    """Resident memory now (VmRSS), in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024.0
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile (0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, round(pct / 100.0 * len(ordered) + 0.5 - 1e-9))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass
+class Probe:
+    """Commit times (perf_counter) of RUNNING and COMPLETE rows, keyed by (request, job)."""
+
+    started: dict[tuple[str, str], float] = field(default_factory=dict)
+    completed: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def install(self, journal: Journal) -> None:
+        started, finished = journal.job_started, journal.job_finished
+
+        async def job_started(request_id: str, job_id: str, *args: Any, **kw: Any) -> Any:
+            events = await started(request_id, job_id, *args, **kw)
+            self.started[(request_id, job_id)] = time.perf_counter()
+            return events
+
+        async def job_finished(request_id: str, job_id: str, *args: Any, **kw: Any) -> Any:
+            events = await finished(request_id, job_id, *args, **kw)
+            if kw.get("log_state") == JobState.COMPLETE:
+                self.completed[(request_id, job_id)] = time.perf_counter()
+            return events
+
+        journal.job_started = job_started  # type: ignore[method-assign]
+        journal.job_finished = job_finished  # type: ignore[method-assign]
+
+    def handoffs_ms(self, request_id: str, preds: dict[str, list[str]]) -> list[float]:
+        """Completion-to-next-start latencies: for every job with predecessors, the time from
+        the last predecessor's COMPLETE commit to the job's RUNNING commit."""
+        out = []
+        for jid, ps in preds.items():
+            start = self.started.get((request_id, jid))
+            if start is None or not ps:
+                continue
+            ends = [self.completed.get((request_id, p)) for p in ps]
+            done = [e for e in ends if e is not None]
+            if done:
+                out.append((start - max(done)) * 1000.0)
+        return out
+
+
+class Rig:
+    """One journal + runtime in this process. Use `async with Rig.open(dir) as rig`."""
+
+    def __init__(self, root: Path, journal: Journal, runtime: Runtime, specs: SpecStore) -> None:
+        self.root = root
+        self.journal = journal
+        self.runtime = runtime
+        self.specs = specs
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        root: Path,
+        *,
+        synchronous: str = "NORMAL",
+        max_running_jobs: int = 256,
+        journal_path: Path | None = None,
+        log: bool = True,
+    ) -> AsyncIterator[Rig]:
+        root.mkdir(parents=True, exist_ok=True)
+        log_file = open(root / "spind.log", "a")  # noqa: SIM115 - closed below
+        if log:
+            setup_logging("INFO", "text", stream=log_file, env={})
+        else:
+            logger.remove()
+        journal = await Journal.open(journal_path or root / "spind.db", synchronous=synchronous)
+        try:
+            await journal.start_boot(os.getpid(), __version__)
+            factory = JobFactory({})
+            specs = SpecStore(write_specs(root / "specs"), factory)
+            errors = [d.format() for d in specs.load() if d.is_error]
+            if errors:
+                raise RuntimeError("bench specs do not lint: " + "; ".join(errors))
+            bus = EventBus()
+            env = RuntimeEnv(
+                journal,
+                factory,
+                limits=Limits(),
+                slots=Slots(max_running_jobs),
+                settings=Settings(work_dir=str(root)),
+                publish=bus.publish,
+                metrics=Metrics(),
+            )
+            runtime = Runtime(env, specs.sequences)
+            rig = cls(root, journal, runtime, specs)
+            try:
+                yield rig
+            finally:
+                await runtime.shutdown(0.0)
+        finally:
+            await journal.close()
+            logger.remove()
+            log_file.close()
+
+    async def create(self, type: str, **args: Any) -> str:
+        view, _ = await self.runtime.create(
+            type=type,
+            args=args,
+            user="bench",
+            trace_id="bench",
+            idempotency_key=None,
+            body_hash="",
+        )
+        return view.id
+
+    async def finish(self, rid: str) -> RequestState:
+        """Wait for the request's traverser to end; its final state as journaled."""
+        task = self.runtime.drivers.get(rid)
+        if task is not None:
+            await task
+        view = await self.journal.get_view(rid)
+        assert view is not None
+        return view.state
+
+    async def run(self, type: str, **args: Any) -> tuple[str, float]:
+        """Create a request and wait until it ends: (request id, seconds from create to end)."""
+        t0 = time.perf_counter()
+        rid = await self.create(type, **args)
+        state = await self.finish(rid)
+        wall = time.perf_counter() - t0
+        if state != RequestState.COMPLETE:
+            raise RuntimeError(f"{type} ended {state}; see {self.root / 'spind.log'}")
+        return rid, wall
+
+
+async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
+    t0 = time.perf_counter()
+    await fn()
+    return time.perf_counter() - t0
