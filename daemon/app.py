@@ -76,7 +76,7 @@ class Daemon:
         self.cfg = cfg
         self.config_file = config_file
         self.overrides = overrides
-        self.notifier = Notifier()
+        self.notifier = Notifier(unset_env=True)
         self.metrics = Metrics()
         self.stop_event = asyncio.Event()
         self.signals = 0
@@ -354,4 +354,11 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> int:
     setup_logging(cfg.log.level, cfg.log.format)
     if file:
         logger.info("config {}", file)
-    return asyncio.run(Daemon(cfg, file, overrides).run())
+    try:
+        return asyncio.run(Daemon(cfg, file, overrides).run())
+    finally:
+        # the loop's signal handlers are gone once asyncio.run returns: a late SIGTERM (or
+        # SIGINT, SIGHUP) while the interpreter winds down must not turn a clean stop into
+        # death by signal
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)

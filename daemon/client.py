@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -79,11 +79,20 @@ class Client:
         headers = {"User-Agent": f"spind-client/{__version__}", "X-Request-Id": self.trace_id}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        connector: aiohttp.BaseConnector | None = None
-        if socket_path is not None:
-            connector = aiohttp.UnixConnector(path=socket_path)
+        self._headers = headers
+        self._socket_path = socket_path
         self._base = (url or "http://spind").rstrip("/")
-        self._session = aiohttp.ClientSession(connector=connector, headers=headers)
+        self._client: aiohttp.ClientSession | None = None
+
+    @property
+    def _session(self) -> aiohttp.ClientSession:
+        """Made on first use, inside the running loop."""
+        if self._client is None:
+            connector: aiohttp.BaseConnector | None = None
+            if self._socket_path is not None:
+                connector = aiohttp.UnixConnector(path=self._socket_path)
+            self._client = aiohttp.ClientSession(connector=connector, headers=self._headers)
+        return self._client
 
     async def __aenter__(self) -> Client:
         return self
@@ -92,7 +101,9 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        await self._session.close()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     # --- transport ---------------------------------------------------------------------
 
@@ -259,7 +270,7 @@ class Client:
             ) from exc
 
 
-async def parse_sse(lines: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, bytes]]:
+async def parse_sse(lines: AsyncIterable[bytes]) -> AsyncIterator[tuple[str, bytes]]:
     """SSE records as (event name, data); comments and `id`/`retry` fields are skipped (the
     data carries the seq)."""
     name, data = "message", bytearray()

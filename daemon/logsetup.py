@@ -44,6 +44,10 @@ PRIORITIES = {
 }
 
 
+#: stdlib loggers that log every operation at DEBUG: shown only at TRACE.
+CHATTY_LOGGERS = ("aiosqlite",)
+
+
 class _State:
     handler_id: int | None = None
     stream: TextIO = sys.stderr
@@ -158,6 +162,8 @@ def _add_handler(level: str) -> None:
         backtrace=False,
     )
     logging.getLogger().setLevel(logger.level(level).no)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level == "TRACE" else logging.INFO)
 
 
 def setup_logging(

@@ -118,3 +118,5 @@ CREATE TRIGGER events_append_only BEFORE UPDATE ON events
 BEGIN
     SELECT RAISE(ABORT, 'events are append-only');
 END;
+
+CREATE INDEX jobs_finish_order ON jobs (request_id, finish_order);

@@ -71,6 +71,13 @@ def _from_http(exc: web.HTTPException, max_body: int) -> web.Response:
     return error_response(status, message, details, headers)
 
 
+def _close_if_too_large(resp: web.Response) -> web.Response:
+    """After a 413 the rest of the body is unread: close instead of draining it."""
+    if resp.status == 413:
+        resp.force_close()
+    return resp
+
+
 def error_middleware(max_body: int) -> Any:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -87,14 +94,15 @@ def error_middleware(max_body: int) -> Any:
                     action="access_denied",
                 )
             challenge = {"WWW-Authenticate": 'Bearer realm="spind"'} if exc.status == 401 else None
-            return error_response(exc.status, exc.message, exc.details, challenge)
+            resp = error_response(exc.status, exc.message, exc.details, challenge)
+            return _close_if_too_large(resp)
         except msgspec.ValidationError as exc:
             message, details = validation_error(exc)
             return error_response(400, message, details)
         except msgspec.DecodeError as exc:
             return error_response(400, f"malformed JSON body: {exc}")
         except web.HTTPException as exc:
-            return _from_http(exc, max_body)
+            return _close_if_too_large(_from_http(exc, max_body))
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:

@@ -1,7 +1,7 @@
 """A test double of ControlService (in memory, no runtime), and a harness serving it for real.
 
 The fake keeps requests, events and job logs in dicts and lets a test drive jobs and requests
-through their states (`advance_job`, `finish`). It records every call in `calls`, so tests can
+through their states (`advance_job`, `set_state`). It records every call in `calls`, so tests can
 check that bad input never reached the service. The harness runs the real aiohttp app on
 127.0.0.1 port 0 and on a Unix socket in a temporary directory.
 """
@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import secrets
+import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import prometheus_client
 from aiohttp import web
+from loguru import logger
 
 from daemon.api import AuthSettings, FindFilter, make_app, start_sites, tcp_port
 from daemon.chain import Chain, ChainJob, Scope
@@ -428,6 +431,16 @@ class Served:
 
 
 @asynccontextmanager
+async def short_dir(tmp_dir: str) -> AsyncIterator[str]:
+    """`tmp_dir`, or a short one: a Unix socket path must fit in 108 bytes."""
+    if len(tmp_dir) < 90:
+        yield tmp_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="spind-", dir="/tmp") as d:
+        yield d
+
+
+@asynccontextmanager
 async def serve(
     tmp_dir: str,
     service: FakeService | None = None,
@@ -441,9 +454,71 @@ async def serve(
     app = make_app(
         service, auth=auth or AuthSettings(), max_body_bytes=max_body_bytes, heartbeat=heartbeat
     )
-    sock = os.path.join(tmp_dir, "spind.sock")
-    runner = await start_sites(app, listen="127.0.0.1:0", socket_path=sock)
+    async with short_dir(tmp_dir) as d:
+        sock = os.path.join(d, "spind.sock")
+        runner = await start_sites(app, listen="127.0.0.1:0", socket_path=sock)
+        try:
+            yield Served(service, runner, f"http://127.0.0.1:{tcp_port(runner)}", sock)
+        finally:
+            await runner.cleanup()
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def call(session: aiohttp.ClientSession, method: str, path: str, **kw: Any) -> Reply:
+    async with session.request(method, path, **kw) as resp:
+        body = await resp.read()
+        headers = {k.lower(): v for k, v in resp.headers.items()}
+        return Reply(resp.status, headers, body)
+
+
+async def raw_http(port: int, data: bytes) -> Reply:
+    """Send raw bytes (anything a client library would refuse) and read the whole reply."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        yield Served(service, runner, f"http://127.0.0.1:{tcp_port(runner)}", sock)
+        writer.write(data)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            if k:
+                headers[k.strip().lower()] = v.strip()
+        if "content-length" in headers:
+            body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
+        else:
+            body = await asyncio.wait_for(reader.read(), 10)
     finally:
-        await runner.cleanup()
+        writer.close()
+        await writer.wait_closed()
+    return Reply(int(lines[0].split()[1]), headers, body)
+
+
+@contextmanager
+def capture_logs() -> Iterator[list[dict[str, Any]]]:
+    """Every loguru record logged inside the block."""
+    records: list[dict[str, Any]] = []
+    handler = logger.add(lambda m: records.append(dict(m.record)), level="DEBUG")
+    try:
+        yield records
+    finally:
+        logger.remove(handler)
+
+
+async def eventually(check: Any, timeout: float = 5.0) -> None:
+    """Wait until `check()` is true (polling); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)

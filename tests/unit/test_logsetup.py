@@ -23,11 +23,13 @@ TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    chatty = logging.getLogger("aiosqlite").level
     yield
     logger.remove()
     logger.add(sys.stderr)
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.getLogger("aiosqlite").setLevel(chatty)
 
 
 def lines(stream: io.StringIO) -> list[str]:
@@ -205,3 +207,16 @@ def test_not_journald_unless_the_stream_matches(tmp_path: Path, value: str) -> N
 
 def test_priorities_cover_every_loguru_level() -> None:
     assert set(PRIORITIES) == {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}
+
+
+@pytest.mark.parametrize(("level", "shown"), [("DEBUG", False), ("TRACE", True)])
+def test_chatty_stdlib_debug_lines_only_at_trace(level: str, shown: bool) -> None:
+    out = io.StringIO()
+    setup_logging(level, "text", stream=out, env={})
+    logging.getLogger("aiosqlite").debug("executing <function>")
+    logging.getLogger("aiosqlite").info("worth seeing")
+    logging.getLogger("aiohttp.server").debug("kept at DEBUG")
+    text = out.getvalue()
+    assert ("executing <function>" in text) is shown
+    assert "worth seeing" in text
+    assert "kept at DEBUG" in text

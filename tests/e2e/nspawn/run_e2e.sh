@@ -215,7 +215,7 @@ stage_wheels() {
     cache=/var/tmp/spind-e2e-wheels/$deps_key
     if [ ! -e "$cache/.complete" ]; then
         log "building dependency wheels into $cache (once per pyproject.toml)"
-        rm -rf "$cache" && mkdir -p "$cache"
+        rm -rf /var/tmp/spind-e2e-wheels && mkdir -p "$cache"   # drop stale caches too
         python3 -m pip wheel -q "$src" -w "$cache" >"$WORK/pip.log" 2>&1 \
             || { cat "$WORK/pip.log" >&2; fail "pip wheel (dependencies) failed"; }
         rm -f "$cache"/spind-*.whl
