@@ -214,6 +214,33 @@ def _duration(text: str | None, field: str, where: str, default: float | None) -
         raise BuildError(f"{where}: {field}: {exc}") from exc
 
 
+class _BuildVars(ScopeVars):
+    """Scope values while building: scopes made in this pass hold their values in place (they
+    become the chain's); in an expansion, the scopes that existed before are read through the
+    runtime's values and written to an overlay that the patch records (`vars_set`)."""
+
+    def __init__(self, chain: Chain, base: ScopeVars | None) -> None:
+        super().__init__(chain)
+        self.base = base
+        self.new_scopes: set[str] = set()
+        self.overlay: dict[str, dict[str, Any]] = {}
+        self.recorded: list[tuple[str, str, Any]] = []
+
+    def vars_of(self, scope_id: str) -> dict[str, Any]:
+        if self.base is None or scope_id in self.new_scopes:
+            return self.chain.scopes[scope_id].vars
+        over = self.overlay.get(scope_id)
+        base = self.base.vars_of(scope_id)
+        return {**base, **over} if over else base
+
+    def store(self, scope_id: str, name: str, value: Any) -> None:
+        if self.base is None or scope_id in self.new_scopes:
+            self.chain.scopes[scope_id].vars[name] = value
+        else:
+            self.overlay.setdefault(scope_id, {})[name] = value
+            self.recorded.append((scope_id, name, value))
+
+
 class _Builder:
     """One build or expansion pass. Scopes made in this pass are written in place."""
 
@@ -227,9 +254,8 @@ class _Builder:
         self.new_scopes: list[str] = []
         self.new_groups: list[str] = []
         self.edges: list[tuple[str, str]] = chain.edges if base is None else []
-        self.overlay: dict[str, dict[str, Any]] = {}
-        self.recorded: list[tuple[str, str, Any]] = []
-        self._new_scope_set: set[str] = set()
+        self.vars = _BuildVars(chain, base)
+        self.recorded = self.vars.recorded
 
     # ---- ids and scopes
 
@@ -242,46 +268,14 @@ class _Builder:
         sid = self._id("s")
         self.chain.scopes[sid] = Scope(id=sid, **fields)
         self.new_scopes.append(sid)
-        self._new_scope_set.add(sid)
+        self.vars.new_scopes.add(sid)
         return sid
 
-    def _vals(self, sid: str) -> dict[str, Any]:
-        if sid in self._new_scope_set or self.base is None:
-            return self.chain.scopes[sid].vars
-        over = self.overlay.get(sid)
-        base = self.base.vars_of(sid)
-        return {**base, **over} if over else base
-
     def lookup(self, sid: str, name: str) -> tuple[bool, Any]:
-        cur: str | None = sid
-        hops = 0
-        while cur is not None and hops < 10_000:
-            hops += 1
-            vals = self._vals(cur)
-            if name in vals:
-                return True, vals[name]
-            scope = self.chain.scopes[cur]
-            nxt = next((there for here, there in scope.imports if here == name), None)
-            if nxt is None:
-                return False, None
-            name, cur = nxt, scope.parent
-        return False, None
+        return self.vars.lookup(sid, name)
 
     def set(self, sid: str, name: str, value: Any) -> None:
-        cur: str | None = sid
-        hops = 0
-        while cur is not None and hops < 10_000:
-            hops += 1
-            if cur in self._new_scope_set or self.base is None:
-                self.chain.scopes[cur].vars[name] = value
-            else:
-                self.overlay.setdefault(cur, {})[name] = value
-                self.recorded.append((cur, name, value))
-            scope = self.chain.scopes[cur]
-            nxt = next((there for here, there in scope.lifts if here == name), None)
-            if nxt is None or scope.parent is None:
-                return
-            name, cur = nxt, scope.parent
+        self.vars.set(sid, name, value)
 
     # ---- sequences and nodes
 

@@ -174,44 +174,38 @@ class ScopeVars:
             self.values[scope_id] = v
         return v
 
+    def store(self, scope_id: str, name: str, value: Any) -> None:
+        """Bind one value in one scope (no lifting); the builder overrides where values go."""
+        self.vars_of(scope_id)[name] = value
+
     def lookup(self, scope_id: str, name: str) -> tuple[bool, Any]:
-        """(found, value) of `name` as seen inside a scope."""
-        seen = 0
+        """(found, value) of `name` as seen inside a scope, following its imports upward."""
         sid: str | None = scope_id
-        while sid is not None and seen < 1000:
-            seen += 1
+        hops = 0
+        while sid is not None and hops < 10_000:
+            hops += 1
             vals = self.vars_of(sid)
             if name in vals:
                 return True, vals[name]
             scope = self.chain.scopes[sid]
-            parent_name = None
-            for here, there in scope.imports:
-                if here == name:
-                    parent_name = there
-                    break
+            parent_name = next((there for here, there in scope.imports if here == name), None)
             if parent_name is None:
                 return False, None
-            name = parent_name
-            sid = scope.parent
+            name, sid = parent_name, scope.parent
         return False, None
 
     def set(self, scope_id: str, name: str, value: Any) -> None:
         """Bind `name` in a scope and lift it through every enclosing scope that asks for it."""
         sid: str | None = scope_id
-        depth = 0
-        while sid is not None and depth < 1000:
-            depth += 1
-            self.vars_of(sid)[name] = value
+        hops = 0
+        while sid is not None and hops < 10_000:
+            hops += 1
+            self.store(sid, name, value)
             scope = self.chain.scopes[sid]
-            lifted = None
-            for here, there in scope.lifts:
-                if here == name:
-                    lifted = there
-                    break
+            lifted = next((there for here, there in scope.lifts if here == name), None)
             if lifted is None or scope.parent is None:
                 return
-            name = lifted
-            sid = scope.parent
+            name, sid = lifted, scope.parent
 
     def job_args(self, job: ChainJob) -> dict[str, Any]:
         """The args a job receives when it starts."""

@@ -135,11 +135,11 @@ def may(settings: AuthSettings, user: str, op: Op, acl: list[ACL] | None) -> boo
 
 
 def check(request: web.Request, op: Op, acl: list[ACL] | None, what: str) -> None:
-    """Raise Forbidden unless the caller may do `op`; `what` names the thing in the message."""
+    """Raise Forbidden unless the caller may do `op`; `what` is the refused action, in words."""
     settings = request.app[AUTH]
     ident = request[IDENTITY]
     if not may(settings, ident.user, op, acl):
-        raise Forbidden(f"{ident.user} may not {op.value} {what}", {"user": ident.user})
+        raise Forbidden(f"{ident.user} may not {what}", {"user": ident.user, "op": op.value})
 
 
 AUTH = web.AppKey("auth", AuthSettings)

@@ -202,7 +202,9 @@ async def _may_change(request: web.Request, rid: str) -> None:
         return
     svc = _svc(request)
     rtype = await svc.request_type_of(rid)
-    check(request, Op.STOP, svc.request_type_acl(rtype), f"change requests of type {rtype!r}")
+    check(
+        request, Op.STOP, svc.request_type_acl(rtype), f"stop or change requests of type {rtype!r}"
+    )
 
 
 # --- handlers ------------------------------------------------------------------------------

@@ -148,23 +148,22 @@ async def test_changes_need_stop(
 
 
 async def test_socket_peer_is_the_identity(tmp_path: Any) -> None:
-    async with serve(str(tmp_path), auth=settings()) as s:
-        async with s.unix() as c:
-            read = await call(c, "GET", "/api/v1/requests")
-            denied = await call(
-                c, "POST", "/api/v1/requests", json={"type": "deploy", "args": {"app": "a"}}
-            )
-            # a token sent over the socket changes nothing: the peer is who it is
-            still = await call(
-                c,
-                "POST",
-                "/api/v1/requests",
-                json={"type": "deploy", "args": {"app": "a"}},
-                headers=bearer("alice"),
-            )
+    async with serve(str(tmp_path), auth=settings()) as s, s.unix() as c:
+        read = await call(c, "GET", "/api/v1/requests")
+        denied = await call(
+            c, "POST", "/api/v1/requests", json={"type": "deploy", "args": {"app": "a"}}
+        )
+        # a token sent over the socket changes nothing: the peer is who it is
+        still = await call(
+            c,
+            "POST",
+            "/api/v1/requests",
+            json={"type": "deploy", "args": {"app": "a"}},
+            headers=bearer("alice"),
+        )
     assert read.status == 200
     assert denied.status == 403 and still.status == 403
-    assert denied.json["details"] == {"user": ME}
+    assert denied.json["details"] == {"user": ME, "op": "start"}
     async with serve(str(tmp_path), auth=settings(**{ME: ["deployers"]})) as s, s.unix() as c:
         r = await call(c, "POST", "/api/v1/requests", json={"type": "deploy", "args": {"app": "a"}})
     assert r.status == 201 and r.json["user"] == ME

@@ -1,0 +1,112 @@
+"""The traverser's queues of runnable jobs, with O(1) steps so that scheduling costs O(started).
+
+`ReadyQueue` holds jobs whose predecessors are done, in the order they became ready: an ordered
+set with O(1) add, discard, membership and pop-first (a deque with lazy deletion: a discarded
+job stays in the deque until it reaches the front and is skipped there).
+
+`Parked` holds ready jobs that may not start because their `each` group already runs
+`parallel` copies, keyed by group and copy, so that a copy finishing lets exactly the next
+waiting copy through, instead of every waiting job being looked at again after every event.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+
+class ReadyQueue:
+    def __init__(self) -> None:
+        self._order: deque[str] = deque()
+        self._members: set[str] = set()
+
+    def __contains__(self, jid: object) -> bool:
+        return jid in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __bool__(self) -> bool:
+        return bool(self._members)
+
+    def __iter__(self) -> Iterator[str]:
+        """Members in queue order (a snapshot: the queue may change while iterating)."""
+        seen: set[str] = set()
+        out = []
+        for jid in self._order:
+            if jid in self._members and jid not in seen:
+                seen.add(jid)
+                out.append(jid)
+        return iter(out)
+
+    def add(self, jid: str) -> None:
+        if jid not in self._members:
+            self._members.add(jid)
+            self._order.append(jid)
+
+    def push_front(self, jid: str) -> None:
+        """Put back a job just popped (it could not start yet): it stays first in line."""
+        if jid not in self._members:
+            self._members.add(jid)
+            self._order.appendleft(jid)
+
+    def discard(self, jid: str) -> None:
+        self._members.discard(jid)
+        if not self._members:
+            self._order.clear()
+
+    def clear(self) -> None:
+        self._members.clear()
+        self._order.clear()
+
+    def pop(self) -> str | None:
+        """The first job in line, removed; None when empty."""
+        while self._order:
+            jid = self._order.popleft()
+            if jid in self._members:
+                self._members.remove(jid)
+                return jid
+        return None
+
+
+class Parked:
+    """Ready jobs waiting for room in their `each` group: group -> copy -> jobs, copies FIFO."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, dict[str, list[str]]] = {}
+        self._order: dict[str, deque[str]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(jobs) for copies in self._jobs.values() for jobs in copies.values())
+
+    def park(self, gid: str, csid: str, jid: str) -> None:
+        copies = self._jobs.setdefault(gid, {})
+        jobs = copies.get(csid)
+        if jobs is None:
+            copies[csid] = [jid]
+            self._order.setdefault(gid, deque()).append(csid)
+        elif jid not in jobs:
+            jobs.append(jid)
+
+    def release_copy(self, gid: str, csid: str) -> list[str]:
+        """The jobs parked for one copy (that copy has started: its other jobs may start)."""
+        copies = self._jobs.get(gid)
+        if not copies:
+            return []
+        return copies.pop(csid, [])
+
+    def release_next(self, gid: str) -> list[str]:
+        """The jobs of the copy that has waited longest in a group that has room again."""
+        copies = self._jobs.get(gid)
+        order = self._order.get(gid)
+        while copies and order:
+            jobs = copies.pop(order.popleft(), None)
+            if jobs is not None:
+                return jobs
+        if order is not None and not copies:
+            order.clear()
+        return []
+
+    def clear(self) -> None:
+        self._jobs.clear()
+        self._order.clear()
