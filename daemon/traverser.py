@@ -29,6 +29,7 @@ from daemon.errors import BuildError
 from daemon.jobs.base import JobResult
 from daemon.journal.errors import IllegalTransition
 from daemon.model import JobState, RequestState, RunningJob, ts_to_dt
+from daemon.ready import Parked, ReadyQueue
 from daemon.runner import TryRunner, make_context
 from daemon.runtime_env import RuntimeEnv
 
@@ -119,7 +120,9 @@ class Traverser:
         self.preds = chain.predecessors()
         self.succs = chain.successors()
         self.pending_preds: dict[str, int] = {}
-        self.ready: dict[str, None] = {}  # insertion-ordered set
+        self.ready = ReadyQueue()  # predecessors done, in the order they became ready
+        self.parked = Parked()  # ready, waiting for room in their `each` group
+        self._inside: dict[str, list[str]] = {}  # scope -> its jobs (cleared on expansion)
         self.running: dict[str, TryRunner | None] = {}
         self.busy: set[str] = set()  # a write or expansion in flight for this job
         self.timers: dict[str, asyncio.TimerHandle] = {}
@@ -152,7 +155,7 @@ class Traverser:
         self._count_copies(list(self.chain.jobs))
         for jid, count in self.pending_preds.items():
             if count == 0 and self.state[jid] == JobState.PENDING:
-                self.ready[jid] = None
+                self.ready.add(jid)
 
     def _count_copies(self, jobs: list[str]) -> None:
         for jid in jobs:
@@ -170,6 +173,19 @@ class Traverser:
         if csid not in self.copy_started:
             self.copy_started.add(csid)
             self.group_active[gid] = self.group_active.get(gid, 0) + 1
+            for j in self.parked.release_copy(gid, csid):
+                self.ready.add(j)  # the copy runs: its other waiting jobs may start too
+
+    def _unpark(self, gid: str) -> None:
+        """A group has room again: the copies that waited longest may start."""
+        limit = self.chain.groups[gid].parallel
+        room = 1 if limit is None else limit - self.group_active.get(gid, 0)
+        for _ in range(max(room, 0)):
+            jobs = self.parked.release_next(gid)
+            if not jobs:
+                return
+            for j in jobs:
+                self.ready.add(j)
 
     # ---- outside callers (same event loop)
 
@@ -288,9 +304,8 @@ class Traverser:
             sid = self.chain.scopes[sid].parent
         return False
 
-    def _startable(self, jid: str) -> bool:
-        if self._scope_blocked(self.chain.jobs[jid].scope):
-            return False
+    def _full_group(self, jid: str) -> tuple[str, str] | None:
+        """(group, copy) of an `each` group that runs `parallel` other copies already."""
         for gid, csid in self.copies.get(jid, ()):
             limit = self.chain.groups[gid].parallel
             if (
@@ -298,24 +313,43 @@ class Traverser:
                 and csid not in self.copy_started
                 and self.group_active.get(gid, 0) >= limit
             ):
-                return False
-        return True
+                return gid, csid
+        return None
+
+    def _startable(self, jid: str) -> bool:
+        if self._scope_blocked(self.chain.jobs[jid].scope):
+            return False
+        return self._full_group(jid) is None
 
     def _schedule(self) -> None:
+        """Start what may start. O(jobs started or set aside): a job that may not start yet
+        leaves the ready queue (parked by its group, or dropped while its scope is being reset:
+        the reset makes it ready again), so it is not looked at again on every event."""
         if self.mode != "run" or self.journal_stalled or (self.failed and self.chain.fail_fast):
             return
-        for jid in list(self.ready):
-            if not self._startable(jid):
-                continue
+        while (jid := self.ready.pop()) is not None:
+            if (
+                self.state.get(jid) != JobState.PENDING
+                or self.pending_preds.get(jid, 0) != 0
+                or jid in self.timers
+                or jid in self.busy
+                or jid in self.running
+            ):
+                continue  # stale entry: it started, was reset or waits for a retry timer
             job = self.chain.jobs[jid]
+            if self._scope_blocked(job.scope):
+                continue  # its scope is being reset; the reset makes it ready again
+            full = self._full_group(jid)
+            if full is not None:
+                self.parked.park(full[0], full[1], jid)
+                continue
             if job.kind == JobKind.DEFERRED:
-                del self.ready[jid]
                 self._expand(jid)
                 continue
             if not self.env.slots.try_acquire(self):
+                self.ready.push_front(jid)
                 self.waiting_slot = True
                 return
-            del self.ready[jid]
             self._launch(jid)
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -474,6 +508,7 @@ class Traverser:
             self.copy_open[csid] = n
             if n == 0 and csid in self.copy_started:
                 self.group_active[gid] -= 1
+                self._unpark(gid)
         for s in self.succs.get(jid, ()):
             self.pending_preds[s] -= 1
             if self.pending_preds[s] == 0 and self.state[s] == JobState.PENDING:
@@ -481,7 +516,7 @@ class Traverser:
 
     def _make_ready(self, jid: str) -> None:
         if jid not in self.timers and self.state[jid] == JobState.PENDING:
-            self.ready[jid] = None
+            self.ready.add(jid)
 
     def _to_complete(self, jid: str) -> None:
         self.state[jid] = JobState.COMPLETE
@@ -512,7 +547,7 @@ class Traverser:
     def _retry_due(self, jid: str) -> None:
         self.timers.pop(jid, None)
         if self.state[jid] == JobState.PENDING and self.pending_preds[jid] == 0:
-            self.ready[jid] = None
+            self.ready.add(jid)
 
     def _to_failed(self, jid: str) -> None:
         self.state[jid] = JobState.FAIL
@@ -528,7 +563,7 @@ class Traverser:
         logger.info("sequence retry of scope {} after {} failed", scope, jid, action="seq_retry")
         self.blocked_scopes.add(scope)
         self.resetting.add(scope)
-        inside = set(self.chain.scope_jobs(scope))
+        inside = set(self._scope_jobs(scope))
         for other, runner in self.running.items():
             if other in inside and runner is not None:
                 self._spawn(runner.stop("reset"), f"stop:{self.rid}:{other}")
@@ -536,11 +571,17 @@ class Traverser:
 
     def _check_resets(self) -> None:
         for scope in list(self.resetting):
-            inside = self.chain.scope_jobs(scope)
+            inside = self._scope_jobs(scope)
             if any(j in self.running or j in self.busy for j in inside):
                 continue
             self.resetting.discard(scope)
             self._reset_scope(scope, inside)
+
+    def _scope_jobs(self, scope: str) -> list[str]:
+        inside = self._inside.get(scope)
+        if inside is None:
+            inside = self._inside[scope] = self.chain.scope_jobs(scope)
+        return inside
 
     def _reset_scope(self, scope: str, inside: list[str]) -> None:
         jobs = [
@@ -553,7 +594,7 @@ class Traverser:
             h = self.timers.pop(j, None)
             if h is not None:
                 h.cancel()
-            self.ready.pop(j, None)
+            self.ready.discard(j)
 
         async def write() -> list[Any]:
             return await self.env.journal.reset_jobs(
@@ -631,8 +672,8 @@ class Traverser:
         self.busy.discard(jid)
         self.chain.apply(patch)
         self.values.apply_patch(patch)
-        self.preds = self.chain.predecessors()
-        self.succs = self.chain.successors()
+        self._inside.clear()
+        self._patch_edges(patch)
         new = [j.id for j in patch.jobs]
         for j in new:
             self.state[j] = JobState.PENDING
@@ -645,6 +686,20 @@ class Traverser:
         self.state[jid] = JobState.COMPLETE
         self._mark_done(jid)
         logger.info("expanded {} into {} jobs", jid, len(new), action="expand")
+
+    def _patch_edges(self, patch: ChainPatch) -> None:
+        """Keep preds/succs in step with `chain.apply(patch)`: O(patch), not O(chain)."""
+        removed = set(patch.remove_edges)
+        for a in {a for a, _ in removed}:
+            self.succs[a] = [b for b in self.succs.get(a, ()) if (a, b) not in removed]
+        for b in {b for _, b in removed}:
+            self.preds[b] = [a for a in self.preds.get(b, ()) if (a, b) not in removed]
+        for job in patch.jobs:
+            self.preds.setdefault(job.id, [])
+            self.succs.setdefault(job.id, [])
+        for a, b in patch.edges:
+            self.succs.setdefault(a, []).append(b)
+            self.preds.setdefault(b, []).append(a)
 
     def _expansion_failed(self, jid: str, message: str) -> None:
         self.busy.discard(jid)
@@ -688,7 +743,7 @@ class Traverser:
         self.env.slots.release()
         self.tries[jid] = self.tries.get(jid, 1) - 1
         self.state[jid] = JobState.PENDING
-        self.ready[jid] = None
+        self.ready.add(jid)
         logger.error("journal write failed, job not started: {}", msg.error, action="journal_fail")
         self._stall()
 
@@ -732,6 +787,7 @@ class Traverser:
             h.cancel()
             del self.timers[key]
         self.ready.clear()
+        self.parked.clear()
         stop_reason = "stop" if self.mode == "stop" else self.mode
         if self.timed_out:
             stop_reason = "stop"
