@@ -143,6 +143,10 @@ class Runtime:
         *,
         fresh: bool = False,
     ) -> None:
+        if self.shutting_down:
+            # journaled but not started: the next start resumes it
+            logger.info("shutting down: {} will start at the next start", rid, request_id=rid)
+            return
         trav = Traverser(self.env, rid, chain, values, st, user=user)
         self.traversers[rid] = trav
         task = asyncio.get_running_loop().create_task(

@@ -100,6 +100,7 @@ class FakeService:
         self.idempotency: dict[str, tuple[str, str]] = {}
         self.calls: list[tuple[Any, ...]] = []
         self.seq = 0
+        self.open_streams = 0
         self._changed = asyncio.Condition()
         self.registry = prometheus_client.CollectorRegistry()
         self.created_total = prometheus_client.Counter(
@@ -338,15 +339,19 @@ class FakeService:
         self.calls.append(("events", request_id, after_seq))
         self._get(request_id)
         sent = after_seq
-        while True:
-            for ev in list(self.events_by_request.get(request_id, [])):
-                if ev.seq > sent:
-                    sent = ev.seq
-                    yield ev
-            if self.requests[request_id].state.finished:
-                return
-            async with self._changed:
-                await self._changed.wait()
+        self.open_streams += 1
+        try:
+            while True:
+                for ev in list(self.events_by_request.get(request_id, [])):
+                    if ev.seq > sent:
+                        sent = ev.seq
+                        yield ev
+                if self.requests[request_id].state.finished:
+                    return
+                async with self._changed:
+                    await self._changed.wait()
+        finally:
+            self.open_streams -= 1
 
     def running(self) -> list[RunningJob]:
         self.calls.append(("running",))
