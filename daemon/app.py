@@ -259,6 +259,8 @@ class Daemon:
     async def _reload_loop(self) -> None:
         while True:
             await self.reloads.get()
+            while not self.reloads.empty():  # a SIGHUP storm is one reload, not one per signal
+                self.reloads.get_nowait()
             self.notifier.reloading()
             try:
                 self._reload()

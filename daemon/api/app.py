@@ -46,7 +46,8 @@ def make_app(
     app[OPENAPI] = openapi.document(service.version)
     for r in ROUTES:
         if r.method == "GET":
-            app.router.add_get(r.path, r.handler, name=r.handler.__name__)
+            streams = r.content_type == "text/event-stream"  # no HEAD: it would never end
+            app.router.add_get(r.path, r.handler, name=r.handler.__name__, allow_head=not streams)
         else:
             app.router.add_route(r.method, r.path, r.handler, name=r.handler.__name__)
     app.on_response_prepare.append(add_trace_header)

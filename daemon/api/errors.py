@@ -30,7 +30,6 @@ _FIELD = re.compile(r"(?:missing required|contains unknown) field `(?P<name>[^`]
 _HTTP_MESSAGES = {
     404: "not found",
     405: "method not allowed",
-    413: "request body too large",
 }
 
 
@@ -61,6 +60,8 @@ def validation_error(exc: msgspec.ValidationError) -> tuple[str, dict[str, str]]
 def _from_http(exc: web.HTTPException, max_body: int) -> web.Response:
     status = exc.status
     message = _HTTP_MESSAGES.get(status, exc.reason.lower())
+    if status == 413:
+        message = f"request body larger than {max_body} bytes"
     headers: dict[str, str] = {}
     details: Any = None
     if status == 405 and "Allow" in exc.headers:

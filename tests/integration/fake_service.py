@@ -342,12 +342,16 @@ class FakeService:
         self.open_streams += 1
         try:
             while True:
+                # read `finished` first: the final event is journaled before the state is seen
+                finished = self.requests[request_id].state.finished
                 for ev in list(self.events_by_request.get(request_id, [])):
                     if ev.seq > sent:
                         sent = ev.seq
                         yield ev
-                if self.requests[request_id].state.finished:
+                if finished:
                     return
+                if any(ev.seq > sent for ev in self.events_by_request.get(request_id, [])):
+                    continue  # more came in while we were yielding
                 async with self._changed:
                     await self._changed.wait()
         finally:

@@ -250,7 +250,15 @@ async def test_body_over_the_limit_is_413(srv: Served) -> None:
         b"Connection: close\r\n\r\n{",
     )
     assert (declared.status, chunked.status, lying.status, ok.status) == (413, 413, 413, 201)
-    assert declared.json["details"] == {"maxBytes": MAX_BODY}
+    assert (
+        declared.json
+        == chunked.json
+        == lying.json
+        == {
+            "error": f"request body larger than {MAX_BODY} bytes",
+            "details": {"maxBytes": MAX_BODY},
+        }
+    )
     assert len(srv.service.requests) == 1
 
 
