@@ -173,6 +173,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.func is not cmd_serve:
+        # the offline and client commands print their own results; only problems are logged
+        from daemon.logsetup import setup_logging
+
+        setup_logging("WARNING", "text")
     code: int = args.func(args)
     return code
 
