@@ -288,11 +288,8 @@ class _Builder:
         entries: list[str] = []
         for name in order:
             node = nodes[name]
-            preds: list[str] = []
-            for dep in node.deps:
-                for x in passthrough[dep]:
-                    if x not in preds:
-                        preds.append(x)
+            # ordered and without repeats; a dict, as a list's `in` made a join O(n^2)
+            preds = list(dict.fromkeys(x for dep in node.deps for x in passthrough[dep]))
             first, last = await self.node(node, scope, depth, allow_defer=True)
             ends[name] = (first, last)
             if first:
@@ -303,12 +300,9 @@ class _Builder:
             else:
                 passthrough[name] = preds
         used = {d for n in nodes.values() for d in n.deps}
-        exits: list[str] = []
-        for name in order:
-            if name not in used:
-                for x in passthrough[name]:
-                    if x not in exits:
-                        exits.append(x)
+        exits = list(
+            dict.fromkeys(x for name in order if name not in used for x in passthrough[name])
+        )
         return entries, exits
 
     async def node(self, node: NodeSpec, scope: str, depth: int, *, allow_defer: bool) -> _Ends:

@@ -238,7 +238,10 @@ async def watch(c: Client, a: argparse.Namespace) -> int:
     progress = Progress(detail)
     tty = sys.stdout.isatty() and not a.json
     if detail.state.finished:
-        print(progress.line())
+        if a.json:
+            emit_json(detail)
+        else:
+            print(progress.line())
         return exit_code(detail.state)
     after, failures = 0, 0
     while True:

@@ -58,18 +58,20 @@ class EventBus:
         backlog: Callable[[str, int], Awaitable[list[Event]]],
         is_finished: Callable[[], Awaitable[bool]],
     ) -> AsyncIterator[Event]:
-        """Backlog then live events of one request; ends after its final state."""
+        """Backlog then live events of one request; ends after its final state.
+
+        A request that ended and was retried or skipped past has several final-state events:
+        the whole backlog is read, and the stream ends only when the request is finished now.
+        """
         last = after_seq
         while True:
             q = self.subscribe(request_id)
             try:
                 while True:
                     page = await backlog(request_id, last)
-                    for ev in page:
+                    for ev in page:  # an old end (retried since) does not end the backlog
                         last = ev.seq
                         yield ev
-                        if is_end(ev):
-                            return
                     if len(page) < 1000:
                         break
                 if await is_finished():

@@ -53,21 +53,25 @@ class TryRunner:
         with logger.contextualize(
             request_id=self.ctx.request_id, job_id=self.ctx.job_id, try_=self.ctx.try_no
         ):
-            logger.info("job try started", action="job_start", type=self.type_name)
+            # Every try is in the journal (`spind log`); the log adds a line per try only when
+            # it did not complete, so that thousands of jobs a second do not flood journald
+            # (which rate-limits) and do not cost a loguru record each (~40 us).
+            logger.debug("job try started", action="job_start", type=self.type_name)
             result = await self._run()
-            logger.info(
+            (logger.debug if result.state == JobState.COMPLETE else logger.info)(
                 "job try ended: {} {}",
                 result.state,
                 result.error,
                 action="job_end",
                 exit=result.exit,
+                type=self.type_name,
             )
             return result
 
     async def _run(self) -> JobResult:
-        self._task = asyncio.ensure_future(self._guarded())
         if self.timeout is None:
-            return await self._task
+            return await self._guarded()  # no task of its own: nothing to wait for beside it
+        self._task = asyncio.ensure_future(self._guarded())
         done, _ = await asyncio.wait({self._task}, timeout=self.timeout)
         if done:
             return self._task.result()

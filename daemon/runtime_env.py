@@ -82,6 +82,8 @@ class RuntimeEnv:
         self.now = now
         self.last_journal_error = ""
         self.last_journal_error_at = 0.0
+        #: the writer's commit count when that error happened: a later commit clears it
+        self.commits_at_error = 0
 
     def publish(self, events: Iterable[Event]) -> None:
         self._publish(events)
@@ -89,6 +91,7 @@ class RuntimeEnv:
     def journal_failed(self, exc: BaseException) -> None:
         self.last_journal_error = f"{type(exc).__name__}: {exc}"
         self.last_journal_error_at = time.monotonic()
+        self.commits_at_error = int(getattr(getattr(self.journal, "stats", None), "commits", 0))
 
     def journal_healthy(self) -> bool:
         stats = getattr(self.journal, "stats", None)

@@ -182,7 +182,10 @@ class Service:
         requests, jobs = self.runtime.counts()
         env = self.runtime.env
         recent_error = (
-            env.last_journal_error if time.monotonic() - env.last_journal_error_at < 30 else ""
+            env.last_journal_error
+            if time.monotonic() - env.last_journal_error_at < 30
+            and stats.commits <= env.commits_at_error  # nothing committed since
+            else ""
         )
         writable = bool(stats.healthy) and not recent_error
         return HealthView(

@@ -34,6 +34,8 @@ from daemon.runner import TryRunner, make_context
 from daemon.runtime_env import RuntimeEnv
 
 _DONE = (JobState.COMPLETE, JobState.SKIPPED)
+#: seconds a chain stalled by a journal fault waits before it tries a launch again by itself
+STALL_RETRY = 5.0
 
 
 # ---- inbox messages
@@ -757,10 +759,14 @@ class Traverser:
         if self.journal_stalled:
             return
         self.journal_stalled = True
+        since = time.monotonic()
 
         def probe() -> None:
             self.timers.pop("journal", None)
-            if self.env.journal_healthy() or self.mode != "run":
+            # the writer turns healthy only after a commit: when nothing else writes, our next
+            # launch is the test (its RUNNING row commits, or it fails and stalls us again)
+            waited = time.monotonic() - since
+            if self.env.journal_healthy() or self.mode != "run" or waited >= STALL_RETRY:
                 self.journal_stalled = False
             else:
                 loop = asyncio.get_running_loop()

@@ -115,7 +115,7 @@ async def start_sites(
         raise ValueError("nothing to listen on: give a listen address or a socket path")
     sock = unix_socket(socket_path) if socket_path else None
     if sock is not None and socket_path is not None:
-        app.on_cleanup.append(_remove_socket(socket_path, os.fstat(sock.fileno()).st_ino))
+        app.on_cleanup.append(_remove_socket(socket_path, os.lstat(socket_path).st_ino))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:

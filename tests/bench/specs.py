@@ -107,9 +107,26 @@ def write_specs(directory: Path) -> Path:
     (directory / "lines.yaml").write_text(line_specs())
     (directory / "sleep-lines.yaml").write_text(sleep_line_specs())
     (directory / "fanouts.yaml").write_text(fanout_specs())
+    (directory / "resume.yaml").write_text(resume_spec())
     return directory
 
 
 def items(n: int) -> list[str]:
     """The `items` arg of a fan-out over n elements."""
     return [f"host{i:06d}" for i in range(n)]
+
+
+def resume_spec() -> str:
+    """`resume-100`: 100 `sleep` jobs in a line, the first 50 sleeping `fast`, the rest `slow`."""
+    nodes = []
+    for i in range(1, 11):
+        given = "fast" if i <= 5 else "slow"
+        dep = f"\n        deps: [n{i - 1}]" if i > 1 else ""
+        nodes.append(
+            f"      n{i}:\n        category: sequence\n        type: sleep-line-10\n"
+            f"        args:\n          - expected: duration\n            given: {given}{dep}"
+        )
+    return (
+        "sequences:\n  resume-100:\n    request: true\n    args:\n      required:\n"
+        "        - name: fast\n        - name: slow\n    nodes:\n" + "\n".join(nodes) + "\n"
+    )

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,26 @@ class _UnixHTTP(http.client.HTTPConnection):
         self.sock = sock
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago (bind to 0, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One HTTP response: status, headers (names lower-cased) and the raw body."""
+
+    status: int
+    headers: dict[str, str]
+    raw: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+
 def eventually(fn: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
     """Poll `fn` until it returns something truthy; fail with its last value after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -60,8 +81,10 @@ class Daemon:
         *,
         env: dict[str, str] | None = None,
         config: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.root = root
+        self.port = port  # also listen on 127.0.0.1:port (TCP) when set
         self.specs_dir = root / "specs"
         self.specs_dir.mkdir(parents=True, exist_ok=True)
         for name, text in (specs or {}).items():
@@ -89,6 +112,8 @@ class Daemon:
             SPIND_LOG_LEVEL="DEBUG",
             PYTHONPATH=str(REPO),
         )
+        if self.port is not None:
+            env["SPIND_LISTEN"] = f"127.0.0.1:{self.port}"
         env.update(self.extra_env)
         args = [sys.executable, "-m", "daemon", "serve"]
         if self.config is not None:
@@ -161,6 +186,33 @@ class Daemon:
                 return resp.status, json.loads(raw) if raw else None
             except ValueError:
                 return resp.status, raw.decode(errors="replace")
+        finally:
+            conn.close()
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        tcp: bool = False,
+        timeout: float = 30.0,
+    ) -> Reply:
+        """One call over the socket (or TCP with `tcp=True`); `raw` is sent as is."""
+        if tcp:
+            assert self.port is not None, "start the daemon with port= to call it over TCP"
+            conn: http.client.HTTPConnection = http.client.HTTPConnection(
+                "127.0.0.1", self.port, timeout=timeout
+            )
+        else:
+            conn = _UnixHTTP(str(self.socket), timeout=timeout)
+        try:
+            data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers=headers or {})
+            resp = conn.getresponse()
+            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
         finally:
             conn.close()
 

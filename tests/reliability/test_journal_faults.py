@@ -30,6 +30,8 @@ from tests.reliability.conftest import Spawn
 
 pytestmark = pytest.mark.timeout(150)
 
+GRACE = "shutdown_grace: 300ms\n"
+
 
 def _can_mount() -> str:
     """'' if this process may mount a tmpfs, else why not."""
@@ -99,19 +101,6 @@ class DiskFull(Fault):
         (self.mnt / "filler").unlink()
 
 
-class ReadOnly(Fault):
-    """Remount the journal's file system read-only, then read-write."""
-
-    def _remount(self, mode: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,{mode}", str(self.mnt)], check=True)
-
-    def inject(self) -> None:
-        self._remount("ro")
-
-    def clear(self) -> None:
-        self._remount("rw")
-
-
 class Locked(Fault):
     """Another process takes the journal's write lock and keeps it past the busy timeout."""
 
@@ -139,9 +128,10 @@ class FileSizeLimit(Fault):
         resource.prlimit(self.d.proc.pid, resource.RLIMIT_FSIZE, self.old)
 
 
+#: name -> (fault, needs a tmpfs). A read-only remount is refused while the daemon has the
+#: journal open for writing ("mount point is busy"): see test_read_only_journal_at_start.
 FAULTS: dict[str, tuple[type[Fault], bool]] = {
     "disk-full": (DiskFull, True),
-    "read-only": (ReadOnly, True),
     "locked": (Locked, False),
     "fsize": (FileSizeLimit, False),
 }
@@ -153,7 +143,7 @@ def test_journal_fault_stalls_then_recovers(spawn: Spawn, tmp_path: Path, kind: 
     if needs_mount and (why := _can_mount()):
         pytest.skip(why)
     with contextlib.ExitStack() as stack:
-        mnt = stack.enter_context(tmpfs(tmp_path / "fs", "3m")) if needs_mount else None
+        mnt = stack.enter_context(tmpfs(tmp_path / "fs", "16m")) if needs_mount else None
         journal = (mnt or tmp_path / "var") / "spind.db"
         d = spawn(env={"SPIND_JOURNAL": str(journal)}, start=False)
         d.journal = journal
@@ -190,7 +180,7 @@ def _run_fault(d: Daemon, fault: Fault, ledger: Path) -> None:
         d.start()
     for rid, body in zip(rids, bodies, strict=True):
         assert d.wait_state(rid, timeout=60)["state"] == mix.EXPECTED[body["type"]], rid
-    eventually(lambda: _health(d)[0] == 200, timeout=40)
+    eventually(lambda: _health(d)[0] == 200, timeout=10)  # a commit since the fault: healthy
     assert len(ledger_lines(ledger)) > 3
 
 
@@ -205,9 +195,8 @@ def test_nothing_starts_while_the_journal_is_locked(spawn: Spawn, tmp_path: Path
     errors: list[Any] = []
 
     def create() -> None:  # blocks (busy) or fails with 503 while the lock is held
-        status, body = d.call(
-            "POST", "/api/v1/requests", {"type": "line", "args": {"ledger": str(ledger)}}
-        )
+        line = {"type": "line", "args": {"ledger": str(ledger)}}
+        status, body = d.call("POST", "/api/v1/requests", line)
         (created.append(body["id"]) if status == 201 else errors.append((status, body)))
 
     t = threading.Thread(target=create)
@@ -217,6 +206,76 @@ def test_nothing_starts_while_the_journal_is_locked(spawn: Spawn, tmp_path: Path
     lock.clear()
     t.join(30)
     assert all(status == 503 and "error" in body for status, body in errors), errors
-    rid = created[0] if created else mix.submit(d, {"type": "line", "args": {"ledger": str(ledger)}})
+    line = {"type": "line", "args": {"ledger": str(ledger)}}
+    rid = created[0] if created else mix.submit(d, line)
     assert d.wait_state(rid)["state"] == "COMPLETE"
-    eventually(lambda: _health(d)[0] == 200, timeout=40)
+    eventually(lambda: _health(d)[0] == 200, timeout=10)
+
+
+RETRY_LATER = """
+sequences:
+  retry-later:
+    request: true
+    args:
+      required: [{name: ledger}]
+    nodes:
+      first:
+        category: job
+        type: shell
+        args: [ledger]
+        with:
+          cmd: 'echo "$SPIND_REQUEST_ID $SPIND_JOB_ID $SPIND_TRY start" >> "$SPIND_ARG_ledger";
+            [ "$SPIND_TRY" -gt 1 ]'
+        retry: 1
+        retryWait: 1s
+"""
+
+
+def test_a_chain_stalled_by_a_failed_launch_alone_recovers(spawn: Spawn, tmp_path: Path) -> None:
+    """The only write a chain had in flight was the RUNNING row of its retry, and it failed:
+    nothing else writes, so the writer never reports healthy by itself; the chain must still
+    try again once the fault has cleared (it used to stall for good)."""
+    d = spawn({"r.yaml": RETRY_LATER})
+    ledger = tmp_path / "ledger"
+    rid = mix.submit(d, {"type": "retry-later", "args": {"ledger": str(ledger)}})
+    eventually(lambda: len(ledger_lines(ledger)) == 1)
+    eventually(lambda: d.log_rows(rid)[0]["state"] == "FAIL")
+    lock = Locked(d, None)
+    lock.inject()  # the retry is due in 1 s; its launch waits out the busy timeout, then fails
+    try:
+        eventually(lambda: "job not started" in d.log(), timeout=30)
+        assert len(ledger_lines(ledger)) == 1
+    finally:
+        lock.clear()
+    assert d.wait_state(rid, timeout=30)["state"] == "COMPLETE"
+    assert len(ledger_lines(ledger)) == 2
+    eventually(lambda: _health(d)[0] == 200, timeout=10)
+    assert d.terminate() == 0
+    assert mix.check(d.journal, ledger, expected={"retry-later": "COMPLETE"}).violations == []
+
+
+def test_read_only_journal_at_start(spawn: Spawn, tmp_path: Path) -> None:
+    """The journal's file system is read-only when the daemon starts: it refuses to start
+    (exit 2, a clear log line) and changes nothing; read-write again, it resumes the chain."""
+    if why := _can_mount():
+        pytest.skip(why)
+    ledger = tmp_path / "ledger"
+    with tmpfs(tmp_path / "fs", "16m") as mnt:
+        d = spawn(env={"SPIND_JOURNAL": str(mnt / "spind.db")}, config=GRACE, start=False)
+        d.journal = mnt / "spind.db"
+        d.socket.parent.mkdir(parents=True, exist_ok=True)
+        d.start()
+        rid = mix.submit(d, {"type": "slow", "args": {"ledger": str(ledger), "secs": "2"}})
+        eventually(lambda: len(ledger_lines(ledger)) == 2)
+        assert d.terminate() == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        try:
+            d.start(wait=False)
+            assert d.wait_exit(30) == 2
+            assert "read-only" in d.log().split("---- start 2")[1].lower()
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+        d.start()
+        assert d.wait_state(rid)["state"] == "COMPLETE"
+        assert d.terminate() == 0
+        assert mix.check(d.journal, ledger).violations == []
