@@ -2,7 +2,8 @@
 
 `ReadyQueue` holds jobs whose predecessors are done, in the order they became ready: an ordered
 set with O(1) add, discard, membership and pop-first (a deque with lazy deletion: a discarded
-job stays in the deque until it reaches the front and is skipped there).
+job's entry stays in the deque until it reaches the front and is skipped there; each entry
+carries a ticket, so an entry left by an earlier membership is never taken for a later one).
 
 `Parked` holds ready jobs that may not start because their `each` group already runs
 `parallel` copies, keyed by group and copy, so that a copy finishing lets exactly the next
@@ -17,8 +18,9 @@ from collections.abc import Iterator
 
 class ReadyQueue:
     def __init__(self) -> None:
-        self._order: deque[str] = deque()
-        self._members: set[str] = set()
+        self._order: deque[tuple[str, int]] = deque()
+        self._members: dict[str, int] = {}  # job -> the ticket of its live entry in _order
+        self._ticket = 0
 
     def __contains__(self, jid: object) -> bool:
         return jid in self._members
@@ -31,27 +33,29 @@ class ReadyQueue:
 
     def __iter__(self) -> Iterator[str]:
         """Members in queue order (a snapshot: the queue may change while iterating)."""
-        seen: set[str] = set()
-        out = []
-        for jid in self._order:
-            if jid in self._members and jid not in seen:
-                seen.add(jid)
-                out.append(jid)
-        return iter(out)
+        live = [jid for jid, t in self._order if self._members.get(jid) == t]
+        return iter(live)
+
+    def _enter(self, jid: str) -> tuple[str, int] | None:
+        if jid in self._members:
+            return None
+        self._ticket += 1
+        self._members[jid] = self._ticket
+        return jid, self._ticket
 
     def add(self, jid: str) -> None:
-        if jid not in self._members:
-            self._members.add(jid)
-            self._order.append(jid)
+        entry = self._enter(jid)
+        if entry is not None:
+            self._order.append(entry)
 
     def push_front(self, jid: str) -> None:
         """Put back a job just popped (it could not start yet): it stays first in line."""
-        if jid not in self._members:
-            self._members.add(jid)
-            self._order.appendleft(jid)
+        entry = self._enter(jid)
+        if entry is not None:
+            self._order.appendleft(entry)
 
     def discard(self, jid: str) -> None:
-        self._members.discard(jid)
+        self._members.pop(jid, None)
         if not self._members:
             self._order.clear()
 
@@ -62,9 +66,9 @@ class ReadyQueue:
     def pop(self) -> str | None:
         """The first job in line, removed; None when empty."""
         while self._order:
-            jid = self._order.popleft()
-            if jid in self._members:
-                self._members.remove(jid)
+            jid, ticket = self._order.popleft()
+            if self._members.get(jid) == ticket:
+                del self._members[jid]
                 return jid
         return None
 

@@ -184,8 +184,8 @@ def parse_find(query: MultiMapping[str]) -> FindFilter:
         user=_single(query, "user") or "",
         states=states,
         args=args,
-        since=parse_time("since", since) if since else None,
-        until=parse_time("until", until) if until else None,
+        since=parse_time("since", since) if since is not None else None,
+        until=parse_time("until", until) if until is not None else None,
         limit=_uint("limit", limit, lo=1, hi=MAX_LIMIT) if limit else 100,
         offset=_uint("offset", offset, hi=10**9) if offset else 0,
     )
@@ -374,15 +374,18 @@ class RouteDef:
 
 
 _STR = {"type": "string"}
+_SEQ = {"type": "integer", "minimum": 0, "maximum": 10**18}
 _FIND = (
     Param("type", "query", _STR, "request type"),
     Param("user", "query", _STR, "user who started it"),
     Param("state", "query", {"type": "string", "enum": list(RequestState)}, "state", True),
-    Param("arg", "query", _STR, "key=value an arg must have", True),
+    Param(
+        "arg", "query", {"type": "string", "pattern": "^[^=]+="}, "key=value an arg must have", True
+    ),
     Param("since", "query", {"type": "string", "format": "date-time"}, "created at or after"),
     Param("until", "query", {"type": "string", "format": "date-time"}, "created before"),
     Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
-    Param("offset", "query", {"type": "integer", "minimum": 0}),
+    Param("offset", "query", {"type": "integer", "minimum": 0, "maximum": 10**9}),
 )
 _R = f"{PREFIX}/requests/{{id}}"
 _W = (400, 403, 404, 409, 503)
@@ -399,7 +402,12 @@ ROUTES: tuple[RouteDef, ...] = (
         body_required=True,
         params=(
             Param("dryRun", "query", {"type": "boolean"}, "return the chain, start nothing"),
-            Param("Idempotency-Key", "header", _STR, "a replay returns the first request"),
+            Param(
+                "Idempotency-Key",
+                "header",
+                {"type": "string", "pattern": f"^{_IDEMPOTENCY_KEY.pattern}$"},
+                "a replay returns the first request",
+            ),
         ),
         errors=(400, 403, 409, 413, 503),
         extra_responses={200: (RequestView, PlanView)},
@@ -444,8 +452,8 @@ ROUTES: tuple[RouteDef, ...] = (
         events,
         "Server-sent events of a request, ending with `end` after a final state",
         params=(
-            Param("after", "query", {"type": "integer", "minimum": 0}, "events after this seq"),
-            Param("Last-Event-ID", "header", {"type": "integer"}, "as `after`, on reconnect"),
+            Param("after", "query", _SEQ, "events after this seq"),
+            Param("Last-Event-ID", "header", _SEQ, "as `after`, on reconnect"),
         ),
         errors=(400, 404),
         content_type="text/event-stream",

@@ -115,18 +115,22 @@ class Rig:
         max_running_jobs: int = 256,
         journal_path: Path | None = None,
         log: bool = True,
+        extra_specs: dict[str, str] | None = None,
     ) -> AsyncIterator[Rig]:
+        """With `log`, loguru is set up as the daemon sets it up (INFO, text) writing to
+        `root/spind.log`, and removed at the end; without, loguru is left as it is."""
         root.mkdir(parents=True, exist_ok=True)
         log_file = open(root / "spind.log", "a")  # noqa: SIM115 - closed below
         if log:
             setup_logging("INFO", "text", stream=log_file, env={})
-        else:
-            logger.remove()
         journal = await Journal.open(journal_path or root / "spind.db", synchronous=synchronous)
         try:
             await journal.start_boot(os.getpid(), __version__)
             factory = JobFactory({})
-            specs = SpecStore(write_specs(root / "specs"), factory)
+            spec_dir = write_specs(root / "specs")
+            for name, text in (extra_specs or {}).items():
+                (spec_dir / name).write_text(text)
+            specs = SpecStore(spec_dir, factory)
             errors = [d.format() for d in specs.load() if d.is_error]
             if errors:
                 raise RuntimeError("bench specs do not lint: " + "; ".join(errors))
@@ -148,7 +152,8 @@ class Rig:
                 await runtime.shutdown(0.0)
         finally:
             await journal.close()
-            logger.remove()
+            if log:
+                logger.remove()
             log_file.close()
 
     async def create(self, type: str, **args: Any) -> str:

@@ -19,7 +19,7 @@ import pytest
 
 from daemon.config import hash_token
 from tests.e2e.harness import REPO, Daemon, Reply, free_port
-from tests.e2e.test_api_real import CURL, Via, table_counts
+from tests.e2e.test_api_real import CURL, Via, no_500, table_counts
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,7 +64,7 @@ SPECS = {
 }
 
 
-def As(d: Daemon, user: str | None, *, tcp: bool = True, curl: bool = False) -> Via:
+def as_user(d: Daemon, user: str | None, *, tcp: bool = True, curl: bool = False) -> Via:
     """`user` calling over TCP with their token (None: no token), or over the socket."""
     name = ("curl-" if curl else "") + ("tcp" if tcp else "socket")
     return Via(name, d, TOKENS[user] if user is not None else None)
@@ -76,17 +76,18 @@ def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     daemon.start()
     try:
         yield daemon
+        no_500(daemon)
     finally:
         daemon.close()
 
 
-def start(caller: As, rtype: str) -> Reply:
+def start(caller: Via, rtype: str) -> Reply:
     return caller("POST", "/api/v1/requests", {"type": rtype, "args": {}})
 
 
 def started(d: Daemon, rtype: str) -> str:
     """A running request of `rtype`, started by carol (admin)."""
-    r = start(As(d, "carol"), rtype)
+    r = start(as_user(d, "carol"), rtype)
     assert r.status == 201, r.raw
     rid = str(r.json["id"])
     d.wait_state(rid, "RUNNING")
@@ -127,7 +128,7 @@ BAD_AUTH = [
 )
 @pytest.mark.parametrize("authorization", BAD_AUTH)
 def test_tcp_without_a_valid_token_is_401(d: Daemon, authorization: str | None, curl: bool) -> None:
-    caller = As(d, None, curl=curl)
+    caller = as_user(d, None, curl=curl)
     before = table_counts(d)["requests"]
     for method, path in CALLS:
         headers = {} if authorization is None else {"Authorization": authorization}
@@ -142,12 +143,12 @@ def test_tcp_without_a_valid_token_is_401(d: Daemon, authorization: str | None, 
 
 def test_a_valid_token_identifies_its_user(d: Daemon) -> None:
     for user in TOKENS:
-        r = start(As(d, user), "open")
+        r = start(as_user(d, user), "open")
         assert r.status == 201 and r.json["user"] == user, r.raw
-        assert As(d, user).put(r.json["id"], "stop").status == 200
+        assert as_user(d, user).put(r.json["id"], "stop").status == 200
     # the scheme is case-insensitive and spaces around the token do not matter
     headers = {"Authorization": f"bearer   {TOKENS['dave']} "}
-    r = As(d, None)("GET", "/api/v1/version", headers=headers)
+    r = as_user(d, None)("GET", "/api/v1/version", headers=headers)
     assert r.status == 200
 
 
@@ -170,14 +171,14 @@ START = [
 @pytest.mark.parametrize(("user", "rtype", "status"), START)
 def test_start_needs_the_start_op(d: Daemon, user: str, rtype: str, status: int) -> None:
     before = table_counts(d)["requests"]
-    r = start(As(d, user), rtype)
+    r = start(as_user(d, user), rtype)
     if status == 403:
         assert_error(r, 403, f"{user} may not start requests of type '{rtype}'")
         assert r.json["details"] == {"user": user, "op": "start"}
         assert table_counts(d)["requests"] == before
         return
     assert r.status == 201 and r.json["user"] == user, r.raw
-    assert As(d, "carol").put(r.json["id"], "stop").status == 200
+    assert as_user(d, "carol").put(r.json["id"], "stop").status == 200
 
 
 CHANGE = [
@@ -198,7 +199,7 @@ def test_stop_suspend_resume_retry_skip_need_the_stop_op(
     d: Daemon, user: str, rtype: str, status: int
 ) -> None:
     rid = started(d, rtype)
-    caller = As(d, user)
+    caller = as_user(d, user)
     if status == 403:
         for action, body in (
             ("stop", None),
@@ -214,7 +215,7 @@ def test_stop_suspend_resume_retry_skip_need_the_stop_op(
         # reads need only an identity
         assert caller.get(rid)["id"] == rid
         assert caller("GET", f"/api/v1/requests/{rid}/log").status == 200
-        assert As(d, "carol").put(rid, "stop").status == 200
+        assert as_user(d, "carol").put(rid, "stop").status == 200
         return
     r = caller.put(rid, "suspend")
     assert r.status == 200 and r.json["state"] == "SUSPENDED", r.raw
@@ -230,30 +231,29 @@ def test_stop_suspend_resume_retry_skip_need_the_stop_op(
 
 
 def test_socket_callers_are_their_unix_user(d: Daemon) -> None:
-    me = As(d, None, tcp=False)
+    me = as_user(d, None, tcp=False)
     r = start(me, "guarded")
     assert r.status == 201, r.raw
     rid = r.json["id"]
-    assert r.json["user"] == ME == "root"
+    assert r.json["user"] == ME  # root, when the tests run as root
     assert_error(start(me, "dbaonly"), 403, f"{ME} may not start requests of type 'dbaonly'")
     # a bearer token means nothing on the socket: the peer's uid decides
-    r = me("POST", "/api/v1/requests", {"type": "dbaonly"}, headers={
-        "Authorization": f"Bearer {TOKENS['carol']}"
-    })  # fmt: skip
+    carol = {"Authorization": f"Bearer {TOKENS['carol']}"}
+    r = me("POST", "/api/v1/requests", {"type": "dbaonly"}, headers=carol)
     assert r.status == 403
     found = me("GET", f"/api/v1/requests?user={ME}&type=guarded").json
     assert rid in [v["id"] for v in found]
     assert me.put(rid, "stop").status == 200
     other = started(d, "dbaonly")
     assert_error(me.put(other, "stop"), 403, f"{ME} may not stop")
-    assert As(d, "carol").put(other, "stop").status == 200
+    assert as_user(d, "carol").put(other, "stop").status == 200
 
 
 def test_denials_are_logged_with_the_trace_id(d: Daemon) -> None:
     t401, t403 = f"deny-401-{uuid.uuid4().hex[:6]}", f"deny-403-{uuid.uuid4().hex[:6]}"
-    r = As(d, None)("GET", "/api/v1/requests", headers={"X-Request-Id": t401})
+    r = as_user(d, None)("GET", "/api/v1/requests", headers={"X-Request-Id": t401})
     assert r.status == 401 and r.headers["x-request-id"] == t401
-    r = As(d, "bob")(
+    r = as_user(d, "bob")(
         "POST", "/api/v1/requests", {"type": "guarded"}, headers={"X-Request-Id": t403}
     )
     assert r.status == 403 and r.headers["x-request-id"] == t403
