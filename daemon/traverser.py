@@ -359,27 +359,73 @@ class Traverser:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _launch(self, jid: str) -> None:
-        job = self.chain.jobs[jid]
+    def _claim(self, jid: str) -> int:
+        """Count a try of a job about to start (its slot is taken); its try number."""
         try_no = self.tries.get(jid, 0) + 1
         self.tries[jid] = try_no
         self.state[jid] = JobState.RUNNING
         self.running[jid] = None
         for gid, csid in self.copies.get(jid, ()):
             self._activate(gid, csid)
+        return try_no
+
+    def _unclaim(self, jid: str) -> None:
+        """A claimed try whose RUNNING row was not written: the job did not start."""
+        self.running.pop(jid, None)
+        self.env.slots.release()
+        self.tries[jid] = self.tries.get(jid, 1) - 1
+        self.state[jid] = JobState.PENDING
+
+    def _launch(self, jid: str) -> None:
+        job = self.chain.jobs[jid]
+        try_no = self._claim(jid)
         args = self.values.job_args(job)
         self._spawn(self._run_try(job, try_no, args), f"job:{self.rid}:{jid}:{try_no}")
 
-    async def _run_try(self, job: ChainJob, try_no: int, args: dict[str, Any]) -> None:
+    def _claim_successors(self, jid: str) -> list[tuple[str, int]]:
+        """Successors that `jid` completing makes ready and that may start at once, claimed
+        now: their RUNNING rows are written in the same transaction as its COMPLETE row, so
+        a line of jobs costs one commit per job, and each still starts only after both
+        rows are committed. (job id, try) of each."""
+        if self.mode != "run" or self.journal_stalled or (self.failed and self.chain.fail_fast):
+            return []
+        out: list[tuple[str, int]] = []
+        slots = self.env.slots
+        for s in self.succs.get(jid, ()):
+            if (
+                self.pending_preds.get(s) != 1
+                or self.state.get(s) != JobState.PENDING
+                or s in self.timers
+                or s in self.busy
+                or s in self.running
+            ):
+                continue
+            job = self.chain.jobs[s]
+            if (
+                job.kind == JobKind.DEFERRED
+                or self._scope_blocked(job.scope)
+                or self._full_group(s) is not None
+            ):
+                continue
+            if slots.used >= slots.limit or not slots.try_acquire(self):
+                break  # the usual path starts it when a slot is free
+            out.append((s, self._claim(s)))
+        return out
+
+    async def _run_try(
+        self, job: ChainJob, try_no: int, args: dict[str, Any], *, journaled: bool = False
+    ) -> None:
+        """One try: its RUNNING row (unless `journaled` already), then the job itself."""
         env = self.env
-        try:
-            events = await env.journal.job_started(
-                self.rid, job.id, try_no, self.epoch.get(job.id, 1), env.now()
-            )
-        except Exception as exc:
-            self.post(LaunchFailed(job.id, exc))
-            return
-        env.publish(events)
+        if not journaled:
+            try:
+                events = await env.journal.job_started(
+                    self.rid, job.id, try_no, self.epoch.get(job.id, 1), env.now()
+                )
+            except Exception as exc:
+                self.post(LaunchFailed(job.id, exc))
+                return
+            env.publish(events)
         ctx = make_context(
             self.rid,
             job.id,
@@ -427,7 +473,10 @@ class Traverser:
             self._finish_write(msg, JobState.STOPPED, JobState.STOPPED, self._to_stopped)
             return
         if res.state == JobState.COMPLETE:
-            self._finish_write(msg, JobState.COMPLETE, JobState.COMPLETE, self._to_complete)
+            starts = self._claim_successors(jid)
+            self._finish_write(
+                msg, JobState.COMPLETE, JobState.COMPLETE, self._to_complete, starts=starts
+            )
             return
         self.budget[jid] = self.budget.get(jid, 0) + 1
         decision = policy.job_retry(job, self.budget[jid], res.exit)
@@ -440,10 +489,19 @@ class Traverser:
         self._finish_write(msg, JobState.FAIL, JobState.FAIL, self._to_failed)
 
     def _finish_write(
-        self, msg: TryEnded, log_state: JobState, job_state: JobState, then: Callable[[str], None]
+        self,
+        msg: TryEnded,
+        log_state: JobState,
+        job_state: JobState,
+        then: Callable[[str], None],
+        *,
+        starts: list[tuple[str, int]] | None = None,
     ) -> None:
+        """Journal a try's end (with the RUNNING rows of `starts`, claimed successors), then
+        apply `then` and start the successors."""
         jid = msg.job_id
         res = msg.result
+        claimed = list(starts or ())
         self.busy.add(jid)
         error = res.error
         if log_state == JobState.INTERRUPTED:
@@ -462,6 +520,7 @@ class Traverser:
                 stderr=res.stderr,
                 outputs=res.outputs if log_state == JobState.COMPLETE else {},
                 at=self.env.now(),
+                then_start=[(s, t, self.epoch.get(s, 1)) for s, t in claimed],
             )
 
         def done() -> None:
@@ -469,20 +528,42 @@ class Traverser:
             if log_state == JobState.COMPLETE:
                 self.values.apply_outputs(self.chain.jobs[jid], res.outputs)
             then(jid)
+            for s, try_no in claimed:
+                job = self.chain.jobs[s]
+                args = self.values.job_args(job)  # after the outputs it may read
+                self._spawn(
+                    self._run_try(job, try_no, args, journaled=True), f"job:{self.rid}:{s}:{try_no}"
+                )
 
-        self._write(f"finish {jid}", write, done)
+        def refused() -> None:
+            for s, _ in claimed:
+                self._unclaim(s)  # `then` makes them ready again: they start the usual way
+            claimed.clear()
 
-    def _write(self, what: str, write: Callable[[], Any], then: Callable[[], None]) -> None:
+        self._write(f"finish {jid}", write, done, refused if claimed else None)
+
+    def _write(
+        self,
+        what: str,
+        write: Callable[[], Any],
+        then: Callable[[], None],
+        refused: Callable[[], None] | None = None,
+    ) -> None:
         """Journal, then apply `then` in the loop. A failed write is retried until it commits
         (the chain stalls and the daemon reports itself unhealthy meanwhile): what the journal
-        does not hold must not happen."""
+        does not hold must not happen. A write the journal refuses (IllegalTransition) is not
+        retried: `refused` (if given), then `then`, are applied as if it had committed."""
         self.inflight += 1
+        was_refused = False
 
         def applied() -> None:
             self.inflight -= 1
+            if was_refused and refused is not None:
+                refused()
             then()
 
         async def go() -> None:
+            nonlocal was_refused
             delay = 0.2
             while True:
                 try:
@@ -492,6 +573,7 @@ class Traverser:
                     # the journal disagrees with us: a bug, not a fault that clears; keep going
                     logger.error("journal refused {}: {}", what, exc, action="journal_cas")
                     events = []
+                    was_refused = True
                     break
                 except Exception as exc:
                     self.post(WriteFailed(what, exc))

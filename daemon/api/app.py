@@ -24,6 +24,9 @@ from daemon.api.routes import HEARTBEAT, MAX_BODY, OPENAPI, ROUTES, SERVICE, STR
 from daemon.api.trace import add_trace_header, trace_middleware
 
 SOCKET_MODE = 0o660
+#: connections the kernel queues before we accept them (aiohttp's default of 128 makes a burst
+#: of local clients fail to connect: a full Unix socket queue answers EAGAIN)
+BACKLOG = 1024
 
 
 def make_app(
@@ -121,9 +124,10 @@ async def start_sites(
     try:
         if listen is not None:
             host, port = parse_listen(listen)
-            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=BACKLOG)
+            await site.start()
         if sock is not None:
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, backlog=BACKLOG).start()
     except BaseException:
         await runner.cleanup()
         if sock is not None:

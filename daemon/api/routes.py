@@ -52,7 +52,7 @@ PREFIX = "/api/v1"
 REQUEST_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 JOB_ID = re.compile(r"j[0-9]{1,9}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-_UINT = re.compile(r"[0-9]{1,18}")
+_UINT = re.compile(r"[0-9]{1,19}")  # then range-checked: 10**18 has 19 digits
 _FIND_PARAMS = frozenset({"type", "user", "state", "arg", "since", "until", "limit", "offset"})
 MAX_LIMIT = 1000
 
@@ -113,7 +113,10 @@ async def _body(request: web.Request, decoder: msgspec.json.Decoder[B]) -> B | N
     raw = await request.read()
     if not raw.strip():
         return None
-    return decoder.decode(raw)
+    try:
+        return decoder.decode(raw)
+    except RecursionError:  # msgspec's answer to deep nesting ([[[[...]]]])
+        raise BadRequest("malformed JSON body: nested too deeply") from None
 
 
 def _required(body: B | None) -> B:
@@ -167,6 +170,8 @@ def parse_find(query: MultiMapping[str]) -> FindFilter:
         )
     states: list[RequestState] = []
     for raw in query.getall("state", []):
+        if not raw.strip(" ,"):
+            raise BadRequest("state must not be empty", {"allowed": list(RequestState)})
         for part in filter(None, (p.strip().upper() for p in raw.split(","))):
             if part not in RequestState.__members__:
                 raise BadRequest(f"unknown state {_short(part)!r}", {"allowed": list(RequestState)})
@@ -186,8 +191,8 @@ def parse_find(query: MultiMapping[str]) -> FindFilter:
         args=args,
         since=parse_time("since", since) if since is not None else None,
         until=parse_time("until", until) if until is not None else None,
-        limit=_uint("limit", limit, lo=1, hi=MAX_LIMIT) if limit else 100,
-        offset=_uint("offset", offset, hi=10**9) if offset else 0,
+        limit=_uint("limit", limit, lo=1, hi=MAX_LIMIT) if limit is not None else 100,
+        offset=_uint("offset", offset, hi=10**9) if offset is not None else 0,
     )
 
 

@@ -14,6 +14,8 @@ from daemon.chain import Chain, JobKind
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 JobId = Annotated[str, msgspec.Meta(pattern=r"^j[0-9]{1,9}$")]
+#: some text that is not only white space
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=r"\S")]
 
 
 class _Body(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -40,7 +42,7 @@ class RetryBody(_Body):
 class SkipBody(_Body):
     """`PUT .../jobs/{jobId}/skip`: why the job is skipped (required)."""
 
-    reason: NonEmpty
+    reason: Reason
 
 
 class ErrorBody(_Out):

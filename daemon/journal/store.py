@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ from daemon import ids
 from daemon.chain import Chain, ChainPatch
 from daemon.errors import BadRequest
 from daemon.journal import reads, schema, writes
+from daemon.journal.checkpoint import Checkpointer
 from daemon.journal.errors import JournalError, JournalUnavailable
 from daemon.journal.rows import (
     JobRow,
@@ -52,12 +53,18 @@ class Journal:
     """One journal file, open for reading and writing. Use `await Journal.open(path)`."""
 
     def __init__(
-        self, path: Path, writer_db: aiosqlite.Connection, reader_db: aiosqlite.Connection
+        self,
+        path: Path,
+        writer_db: aiosqlite.Connection,
+        reader_db: aiosqlite.Connection,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.path = path
         self._writer_db = writer_db
         self._reader_db = reader_db
         self._writer = Writer(writer_db)
+        #: WAL checkpoints off the writer's path (None: the writer checkpoints by itself)
+        self._checkpointer = checkpointer
         self._closed = False
         #: id of the boot row written by `start_boot` ("" until then)
         self.boot_id = ""
@@ -67,8 +74,15 @@ class Journal:
         """Open (creating and migrating if needed) a journal; refuses foreign or newer files."""
         p = Path(path)
         writer_db, reader_db, applied = await schema.open_connections(p, synchronous)
-        journal = cls(p.absolute(), writer_db, reader_db)
+        try:
+            ckpt = await Checkpointer.open(p.absolute(), writer_db)
+        except BaseException:
+            await writer_db.close()
+            await reader_db.close()
+            raise
+        journal = cls(p.absolute(), writer_db, reader_db, ckpt)
         journal._writer.start()
+        ckpt.start(lambda: journal._writer.stats.commits)
         for name in applied:
             logger.bind(action="journal_migrated").info("journal {}: applied {}", p, name)
         return journal
@@ -79,10 +93,14 @@ class Journal:
             return
         self._closed = True
         try:
-            await self._writer.close()
+            if self._checkpointer is not None:
+                await self._checkpointer.close()
         finally:
-            await self._writer_db.close()
-            await self._reader_db.close()
+            try:
+                await self._writer.close()
+            finally:
+                await self._writer_db.close()
+                await self._reader_db.close()
 
     @property
     def stats(self) -> WriterStats:
@@ -150,8 +168,14 @@ class Journal:
         stderr: str,
         outputs: dict[str, Any],
         at: float,
+        then_start: Sequence[tuple[str, int, int]] = (),
     ) -> list[Event]:
-        """CAS RUNNING -> job_state; the try's log row -> log_state; outputs if COMPLETE."""
+        """CAS RUNNING -> job_state; the try's log row -> log_state; outputs if COMPLETE.
+
+        `then_start`: (job_id, try, seq_try) of jobs to start (as `job_started` does) in the
+        same transaction: a successor's RUNNING row commits with its predecessor's COMPLETE
+        row, or neither does; one commit per job of a line instead of two.
+        """
         write = writes.make_job_finished(
             request_id,
             job_id,
@@ -165,6 +189,12 @@ class Journal:
             outputs=outputs,
             at=at,
         )
+        if then_start:
+            starts = [
+                writes.make_job_started(request_id, jid, t, seq, at, self.boot_id)
+                for jid, t, seq in then_start
+            ]
+            write = writes.combine(write, *starts)
         return await self._writer.submit(write)
 
     async def interrupt_try(

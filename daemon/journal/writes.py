@@ -224,6 +224,19 @@ def make_job_finished(
     return write
 
 
+def combine(*parts: Write) -> Write:
+    """One write made of several, run in order in the same transaction (and savepoint): all
+    of them commit or none does. Returns the events of all, in order."""
+
+    def write(conn: sqlite3.Connection) -> list[Event]:
+        events: list[Event] = []
+        for part in parts:
+            events.extend(part(conn))
+        return events
+
+    return write
+
+
 def make_interrupt_try(
     request_id: str, job_id: str, try_no: int, job_state: JobState, error: str, at: float
 ) -> Write:

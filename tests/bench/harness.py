@@ -74,8 +74,11 @@ class Probe:
 
         async def job_finished(request_id: str, job_id: str, *args: Any, **kw: Any) -> Any:
             events = await finished(request_id, job_id, *args, **kw)
+            now = time.perf_counter()
             if kw.get("log_state") == JobState.COMPLETE:
-                self.completed[(request_id, job_id)] = time.perf_counter()
+                self.completed[(request_id, job_id)] = now
+            for started_id, _try, _seq in kw.get("then_start", ()):
+                self.started[(request_id, started_id)] = now  # in the same commit
             return events
 
         journal.job_started = job_started  # type: ignore[method-assign]

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -242,7 +243,7 @@ def rfc3339(t: datetime) -> str:
 
 
 def table_counts(d: Daemon) -> dict[str, int]:
-    with d.db() as conn:
+    with closing(d.db()) as conn:
         names = [
             r[0]
             for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -525,7 +526,7 @@ def test_running_status_then_stop(via: Via, tag: str) -> None:
     r = via.put(rid, "stop")
     assert r.status == 200, r.raw
     assert r.json["state"] == "STOPPED" and via.user in r.json["reason"]
-    assert running_job() is None
+    eventually(lambda: running_job() is None)
     r = via.put(rid, "stop")
     assert r.status == 409 and r.json["details"] == {"state": "STOPPED"}
     rows = via("GET", f"/api/v1/requests/{rid}/log").json
@@ -760,7 +761,7 @@ def test_writes_are_503_while_shutting_down(tmp_path: Path) -> None:
         assert d.proc is not None and d.proc.poll() is None  # still in its grace period
         d.signal(signal.SIGTERM)  # a second one cuts the grace short
         assert d.wait_exit(30) == 0
-        with d.db() as conn:
+        with closing(d.db()) as conn:
             state = conn.execute("SELECT state FROM requests WHERE id = ?", (rid,)).fetchone()[0]
             tries = conn.execute(
                 "SELECT state FROM job_log WHERE request_id = ? ORDER BY try", (rid,)

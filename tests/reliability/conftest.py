@@ -15,8 +15,9 @@ Spawn = Callable[..., Daemon]
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    """`spawn(specs=None, config=None, env=None, start=True)`: a daemon in its own directory
-    under tmp_path (the mix's specs by default, INFO logs); every one is killed at teardown."""
+    """`spawn(specs=None, config=None, env=None, start=True, port=None)`: a daemon in its own
+    directory under tmp_path (the mix's specs by default, INFO logs; TCP on 127.0.0.1:port if
+    given); every one is killed at teardown."""
     daemons: list[Daemon] = []
 
     def make(
@@ -26,12 +27,14 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
         env: dict[str, str] | None = None,
         start: bool = True,
         root: Path | None = None,
+        port: int | None = None,
     ) -> Daemon:
         d = Daemon(
             root or tmp_path / f"d{len(daemons)}",
             mix.specs() if specs is None else specs,
             config=config,
             env={"SPIND_LOG_LEVEL": "INFO", **(env or {})},
+            port=port,
         )
         daemons.append(d)
         if start:
