@@ -131,8 +131,14 @@ class Service:
         return await self.runtime.skip(request_id, job_id, user=user, reason=reason)
 
     async def job_log(self, request_id: str, job_id: str | None) -> list[JobLogRow]:
-        await self.request_type_of(request_id)
-        return await self.journal.job_log(request_id, job_id)
+        rows = await self.journal.job_log(request_id, job_id)
+        if not rows:
+            detail = await self.journal.get_request(request_id)
+            if detail is None:
+                raise NotFound(f"no request {request_id}", {"id": request_id})
+            if job_id is not None and all(j.id != job_id for j in detail.jobs):
+                raise NotFound(f"no job {job_id} in request {request_id}", {"jobId": job_id})
+        return rows
 
     async def _finished(self, request_id: str) -> bool:
         view = await self.journal.get_view(request_id)

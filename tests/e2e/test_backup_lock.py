@@ -90,3 +90,16 @@ def test_backup_refuses_a_foreign_file(tmp_path: Path) -> None:
     res = spind("backup", str(tmp_path / "b.db"), "--journal", str(foreign))
     assert res.returncode == 1 and "not a spind journal" in res.stderr
     assert not (tmp_path / "b.db").exists()
+
+
+def test_log_of_an_unknown_job_is_404(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, SPECS).start()
+    try:
+        rid = d.start_request("quick", word="x")
+        d.wait_state(rid)
+        status, body = d.call("GET", f"/api/v1/requests/{rid}/log/j99")
+        assert status == 404 and "j99" in body["error"]
+        status, rows = d.call("GET", f"/api/v1/requests/{rid}/log/j2")
+        assert status == 200 and rows and rows[0]["jobId"] == "j2"
+    finally:
+        d.close()
