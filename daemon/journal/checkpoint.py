@@ -1,11 +1,14 @@
-"""WAL checkpoints off the writer's path: a third connection copies the WAL into the database.
+"""WAL checkpoints mostly off the writer's path: a third connection copies the WAL into the
+database file while the writer goes on committing.
 
 In WAL mode SQLite checkpoints from inside a COMMIT once the WAL passes `wal_autocheckpoint`
 pages (1000 by default): every ~100th commit of the writer then also copies pages into the
-database file and syncs it, and a chain of jobs waits for that. Here the writer's automatic
-checkpoint is only a backstop (`BACKSTOP_PAGES`); a task checkpoints (PASSIVE: it never blocks
-the writer or readers) on its own connection, in that connection's thread, every `INTERVAL`
-seconds in which something was committed. Commits and their durability are unchanged: a
+database file and syncs it, and every chain waits for that. Here a task checkpoints (PASSIVE:
+it never blocks the writer or readers) on its own connection, in that connection's thread,
+every `INTERVAL` seconds in which something was committed. The writer still checkpoints by
+itself, but only every `WRITER_PAGES` pages: a PASSIVE checkpoint cannot restart the WAL
+while commits keep coming, the writer's own checkpoint does (and finds most pages copied
+already), so the WAL stays under ~16 MiB. Commits and their durability are unchanged: a
 commit is in the WAL (synced with synchronous=FULL) before anyone hears of it, as before.
 """
 
@@ -25,8 +28,8 @@ from daemon.journal.writer import run_in_connection_thread
 
 #: seconds between checkpoints (when something was committed meanwhile)
 INTERVAL = 0.25
-#: the writer still checkpoints by itself past this many WAL pages (64 MiB of 4 KiB pages)
-BACKSTOP_PAGES = 16384
+#: the writer checkpoints by itself (and restarts the WAL) past this many WAL pages
+WRITER_PAGES = 4096
 
 _PASSIVE = "PRAGMA wal_checkpoint(PASSIVE)"
 _AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint = {pages:d}"
@@ -43,8 +46,11 @@ class Checkpointer:
         self._db = db
         self._commits: Callable[[], int] = lambda: 0
         self._task: asyncio.Task[None] | None = None
-        self._warned = False
         self.checkpoints = 0
+        #: why the last checkpoint failed ("" once one succeeds): the database file cannot be
+        #: written (disk full, file size limit, I/O error), so the journal reports itself
+        #: unhealthy even while commits still fit in the WAL
+        self.error = ""
 
     @classmethod
     async def open(cls, path: Path, writer_db: aiosqlite.Connection) -> Checkpointer:
@@ -54,7 +60,7 @@ class Checkpointer:
         try:
             await run_in_connection_thread(db, lambda c: schema.configure(c, "", writer=False))
             await run_in_connection_thread(
-                writer_db, lambda c: c.execute(_AUTOCHECKPOINT.format(pages=BACKSTOP_PAGES))
+                writer_db, lambda c: c.execute(_AUTOCHECKPOINT.format(pages=WRITER_PAGES))
             )
         except BaseException:
             await db.close()
@@ -85,10 +91,15 @@ class Checkpointer:
             try:
                 await self.checkpoint()
             except sqlite3.Error as exc:
-                # not fatal: the writer's backstop checkpoint still bounds the WAL
-                if not self._warned:
-                    self._warned = True
-                    logger.warning("journal checkpoint failed (logged once): {}", exc)
+                if not self.error:
+                    logger.bind(action="journal_checkpoint_failed").error(
+                        "journal checkpoint failed, the database file cannot be written: {}", exc
+                    )
+                self.error = f"checkpoint: {type(exc).__name__}: {exc}"
+                continue
+            if self.error:
+                self.error = ""
+                logger.bind(action="journal_recovered").info("journal checkpoints succeed again")
 
     async def close(self) -> None:
         if self._task is not None:

@@ -104,8 +104,12 @@ class Journal:
 
     @property
     def stats(self) -> WriterStats:
-        """A copy of the writer's counters."""
-        return msgspec.structs.replace(self._writer.stats)
+        """A copy of the writer's counters; unhealthy also while checkpoints fail."""
+        stats = msgspec.structs.replace(self._writer.stats)
+        if self._checkpointer is not None and self._checkpointer.error:
+            stats.healthy = False
+            stats.last_error = self._checkpointer.error
+        return stats
 
     @property
     def writer(self) -> Writer:

@@ -90,15 +90,17 @@ def _fanout(name: str, one: str, job: str, parallel: int | None) -> str:
 """
 
 
+def _work(job_type: str, with_: str = "") -> str:
+    text = f"      work:\n        category: job\n        type: {job_type}"
+    return text + (f"\n        with:\n          {with_}" if with_ else "")
+
+
 def fanout_specs() -> str:
-    noop = "      work:\n        category: job\n        type: noop"
-    sleep = '      work:\n        category: job\n        type: sleep\n        with:\n          duration: "1s"'
-    shell = "      work:\n        category: job\n        type: shell\n        with:\n          cmd: [\"true\"]"
     return (
         "sequences:\n"
-        + _fanout("fanout", "one-noop", noop, None)
-        + _fanout("sleep-fanout", "one-sleep", sleep, None)
-        + _fanout("shell-fanout", "one-shell", shell, 32)
+        + _fanout("fanout", "one-noop", _work("noop"), None)
+        + _fanout("sleep-fanout", "one-sleep", _work("sleep", 'duration: "1s"'), None)
+        + _fanout("shell-fanout", "one-shell", _work("shell", 'cmd: ["true"]'), 32)
     )
 
 

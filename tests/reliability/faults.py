@@ -48,11 +48,6 @@ def health(d: Daemon) -> tuple[int, dict[str, Any]]:
     return status, body if isinstance(body, dict) else {}
 
 
-def unhealthy(d: Daemon) -> bool:
-    status, body = health(d)
-    return status == 503 and body.get("journalWritable") is False
-
-
 # ---- the faults: each makes the journal unwritable, then lets it be written again
 
 

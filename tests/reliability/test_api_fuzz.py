@@ -85,6 +85,7 @@ def test_after_the_fuzzing(served: dict[str, Any]) -> None:
     assert d.wait_state(served["chain"], timeout=60)["state"] == "COMPLETE"
     assert d.proc is not None and d.proc.poll() is None
     assert not [s for s in SEEN if s >= 500], SEEN
+    print(f"\nfuzz: {sum(SEEN.values())} generated calls, statuses {dict(sorted(SEEN.items()))}")
     grown = rss_kb(d.proc.pid) - served["rss"]
     assert grown < 64 * 1024, f"RSS grew by {grown} kB"
     assert mix.check(d.journal, served["ledger"], allow_unfinished=True).violations == []

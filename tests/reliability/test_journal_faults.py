@@ -21,7 +21,7 @@ import pytest
 from tests.e2e.harness import Daemon, eventually, ledger_lines
 from tests.reliability import mix
 from tests.reliability.conftest import Spawn
-from tests.reliability.faults import FAULTS, Fault, Locked, can_mount, health, tmpfs, unhealthy
+from tests.reliability.faults import FAULTS, Fault, Locked, can_mount, health, tmpfs
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -44,16 +44,40 @@ def test_journal_fault_stalls_then_recovers(spawn: Spawn, tmp_path: Path, kind: 
         assert rep.violations == []
 
 
+def _keep_writing(d: Daemon, ledger: Path, rids: list[str], bodies: list[Any]) -> str:
+    """One more request while the fault lasts (a write the journal must refuse or take):
+    a 201 joins the requests to check, anything else must be a 503 with a message. Returns
+    "503" if /health says the journal is not writable now, "logged" if a failed write was
+    logged and reported by /health as its last error, else ""."""
+    body = {"type": "line", "args": {"ledger": str(ledger), "pause": "0"}}
+    status, answer = d.call("POST", "/api/v1/requests", body)
+    if status == 201:
+        rids.append(answer["id"])
+        bodies.append(body)
+    else:
+        assert status == 503 and answer["error"], (status, answer)
+    code, view = health(d)
+    if code == 503 and view.get("journalWritable") is False:
+        return "503"
+    # a disk that is full or a size limit only fails the writes that must grow a file: once
+    # a checkpoint lets the WAL wrap around, writes succeed again and health says so
+    return "logged" if view.get("lastJournalError") and "journal batch" in d.log() else ""
+
+
 def _run_fault(d: Daemon, fault: Fault, ledger: Path) -> None:
     rng = random.Random(3)
     before = mix.submit(d, {"type": "line", "args": {"ledger": str(ledger), "pause": "0"}})
     assert d.wait_state(before)["state"] == "COMPLETE"
     bodies = [mix.random_request(rng, ledger, slow=False) for _ in range(8)]
+    for body in bodies:
+        body["args"]["pause"] = "0.3"
     rids = [mix.submit(d, b) for b in bodies]
     time.sleep(0.3)
     fault.inject()
     try:
-        eventually(lambda: unhealthy(d), timeout=30)
+        seen = eventually(lambda: _keep_writing(d, ledger, rids, bodies), 40, interval=0.1)
+        if isinstance(fault, Locked):  # every write fails while it lasts
+            assert seen == "503"
         # stalled: no try starts that the journal does not hold (checked at the end); the
         # journal still answers reads and says what was committed
         time.sleep(1.5)
