@@ -21,7 +21,7 @@ from typing import Any
 
 from loguru import logger
 
-from daemon import __version__
+from daemon import __version__, gcpolicy
 from daemon.api.app import make_app, start_sites
 from daemon.api.auth import AuthSettings
 from daemon.backup import JournalLock
@@ -157,6 +157,7 @@ class Daemon:
         )
         self.runtime = Runtime(self.env, self.specs.sequences)
         resumed = await self.runtime.resume_all()
+        gcpolicy.freeze()  # what start-up made lives on: later collections skip it
         self.metrics.chains_resumed.inc(resumed)
         if resumed:
             logger.info("resumed {} interrupted chains", resumed, action="resume")
@@ -356,6 +357,7 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> int:
     setup_logging(cfg.log.level, cfg.log.format)
     if file:
         logger.info("config {}", file)
+    gcpolicy.configure()
     try:
         return asyncio.run(Daemon(cfg, file, overrides).run())
     finally:

@@ -116,6 +116,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    from daemon.client import ApiError, ConnectError
+    from daemon.reload import reload
+
+    journal = _journal_path(args)
+    if isinstance(journal, int):
+        return journal
+    try:
+        return asyncio.run(reload(args, journal))
+    except (ApiError, ConnectError, OSError) as exc:
+        print(f"spind reload: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"spind {__version__}")
     return 0
@@ -158,6 +172,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--journal", help="journal file (default: from the config)")
     s.add_argument("--config", help="config file")
     s.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser("reload", help="reload config and specs (SIGHUP) and wait until it is done")
+    s.add_argument("--pid", type=int, help="daemon pid (default: from <journal>.lock)")
+    s.add_argument("--journal", help="journal file (default: from the config)")
+    s.add_argument("--config", help="config file")
+    s.add_argument("--socket", help="daemon socket (default $SPIND_SOCKET)")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    s.set_defaults(func=cmd_reload)
 
     s = sub.add_parser("version", help="print the version")
     s.set_defaults(func=cmd_version)

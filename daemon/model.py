@@ -166,6 +166,8 @@ class HealthView(_Wire):
     shutting_down: bool = False
     specs_ok: bool = True
     specs_errors: list[str] = msgspec.field(default_factory=list)
+    #: spec loads finished since start (1 = the first); a reload adds one, errors or not
+    specs_loads: int = 0
     running_requests: int = 0
     running_jobs: int = 0
     last_journal_error: str = ""

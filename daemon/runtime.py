@@ -29,6 +29,8 @@ from daemon.traverser import ChainState, Control, Traverser
 #: reason recorded when a chain is suspended by the daemon's shutdown (resumed at start)
 SHUTDOWN_REASON = "daemon shutdown"
 HELD_PREFIX = "held: "
+#: interrupted chains resumed at once at start
+RESUME_CONCURRENCY = 32
 
 
 class Runtime:
@@ -207,30 +209,44 @@ class Runtime:
     # ---- resume at start
 
     async def resume_all(self) -> int:
-        """Resume every chain interrupted by a shutdown or a crash. Returns how many."""
-        count = 0
-        for rid in await self.journal.unfinished_request_ids():
-            loaded = await self.journal.load_request(rid)
-            if loaded is None:
-                continue
-            rec = loaded.record
-            if rec.state == RequestState.SUSPENDED and rec.reason != SHUTDOWN_REASON:
-                continue  # suspended by a user or held: waits for an operator
-            held = await self._sweep_interrupted(loaded)
-            if held:
-                await self._set_state(
-                    rid,
-                    RequestState.SUSPENDED,
-                    expect=(RequestState.RUNNING, RequestState.PENDING, RequestState.SUSPENDED),
-                    reason=held,
-                )
-                continue
-            loaded = await self.journal.load_request(rid)
-            assert loaded is not None
-            await self._run_loaded(loaded)
-            count += 1
+        """Resume every chain interrupted by a shutdown or a crash. Returns how many.
+
+        Chains are independent: RESUME_CONCURRENCY of them are resumed at once, so that their
+        journal reads follow each other without gaps and their writes share commits.
+        """
+        ids = await self.journal.unfinished_request_ids()
+        sem = asyncio.Semaphore(RESUME_CONCURRENCY)
+
+        async def one(rid: str) -> bool:
+            async with sem:
+                return await self._resume_one(rid)
+
+        results = await asyncio.gather(*(one(rid) for rid in ids), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        count = sum(1 for r in results if r is True)
         self.resumed = count
         return count
+
+    async def _resume_one(self, rid: str) -> bool:
+        loaded = await self.journal.load_request(rid)
+        if loaded is None:
+            return False
+        rec = loaded.record
+        if rec.state == RequestState.SUSPENDED and rec.reason != SHUTDOWN_REASON:
+            return False  # suspended by a user or held: waits for an operator
+        held = await self._sweep_interrupted(loaded)
+        if held:
+            await self._set_state(
+                rid,
+                RequestState.SUSPENDED,
+                expect=(RequestState.RUNNING, RequestState.PENDING, RequestState.SUSPENDED),
+                reason=held,
+            )
+            return False
+        await self._run_loaded(loaded)  # the sweep updated `loaded` as it journaled
+        return True
 
     async def _sweep_interrupted(self, loaded: LoadedRequest) -> str:
         """Tries left RUNNING by an older boot: apply each node's onInterrupt. Returns a hold
@@ -267,6 +283,9 @@ class Runtime:
                 rid, jid, try_no, job_state=state, error=error, at=self.env.now()
             )
             self.env.publish(events)
+            row = loaded.jobs.get(jid)
+            if row is not None:
+                row.state = state  # as journaled now: no need to load the request again
             logger.warning(
                 "try {} of {} was interrupted: {}",
                 try_no,
@@ -287,12 +306,8 @@ class Runtime:
             row = loaded.jobs.get(jid)
             if job is not None and row is not None and row.state == JobState.COMPLETE:
                 values.apply_outputs(job, row.outputs)
-        log = await self.journal.job_log(rid)
-        budget: dict[str, int] = {}
-        for r in log:
-            row = loaded.jobs.get(r.job_id)
-            if row is not None and r.sequence_try == row.seq_try and r.state == JobState.FAIL:
-                budget[r.job_id] = budget.get(r.job_id, 0) + 1
+        failed = await self.journal.failed_tries(rid)
+        budget = {j: n for j, r in loaded.jobs.items() if (n := failed.get((j, r.seq_try), 0))}
         st = ChainState(
             state={j: r.state for j, r in loaded.jobs.items()},
             tries={j: r.tries for j, r in loaded.jobs.items()},

@@ -201,6 +201,7 @@ class Service:
             shutting_down=self.shutting_down,
             specs_ok=self.specs.ok,
             specs_errors=list(self.specs.errors),
+            specs_loads=self.specs.loads,
             running_requests=requests,
             running_jobs=jobs,
             last_journal_error=stats.last_error or recent_error,

@@ -22,6 +22,8 @@ class SpecStore:
         self.current = SpecSet()
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        #: how many loads (the first and every reload) have finished, for `spind reload`
+        self.loads = 0
 
     def load(self) -> list[Diagnostic]:
         """Load and lint; adopt the new specs only when they have no errors."""
@@ -34,6 +36,7 @@ class SpecStore:
         else:
             self.current = specs
             self.errors = []
+        self.loads += 1
         return diags
 
     def sequences(self) -> Mapping[str, SequenceSpec]:

@@ -223,6 +223,10 @@ FROM job_log l JOIN jobs j ON j.request_id = l.request_id AND j.job_id = l.job_i
 WHERE l.request_id = :request_id AND (:job_id IS NULL OR l.job_id = :job_id)
 ORDER BY l.started_at, l.rowid"""
 
+#: Failed tries per job and run epoch (a job's retry budget counts those of its epoch).
+FAILED_TRIES = """SELECT job_id, seq_try, COUNT(*) FROM job_log
+WHERE request_id = :request_id AND state = 'FAIL' GROUP BY job_id, seq_try"""
+
 EVENTS_AFTER = """SELECT seq, request_id, kind, state, at, job_id, try, detail FROM events
 WHERE request_id = :request_id AND seq > :after ORDER BY seq LIMIT :limit"""
 

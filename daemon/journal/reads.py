@@ -122,6 +122,11 @@ def job_log(conn: sqlite3.Connection, request_id: str, job_id: str | None) -> li
     return [rows.log_from_row(r) for r in conn.execute(q.JOB_LOG, params)]
 
 
+def failed_tries(conn: sqlite3.Connection, request_id: str) -> dict[tuple[str, int], int]:
+    rows_ = conn.execute(q.FAILED_TRIES, {"request_id": request_id})
+    return {(str(job_id), int(seq)): int(n) for job_id, seq, n in rows_}
+
+
 def events_after(
     conn: sqlite3.Connection, request_id: str, after_seq: int, limit: int
 ) -> list[Event]:

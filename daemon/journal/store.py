@@ -294,6 +294,10 @@ class Journal:
     async def job_log(self, request_id: str, job_id: str | None = None) -> list[JobLogRow]:
         return await self._read(partial(reads.job_log, request_id=request_id, job_id=job_id))
 
+    async def failed_tries(self, request_id: str) -> dict[tuple[str, int], int]:
+        """(job_id, seq_try) -> how many of the job's tries in that run epoch failed."""
+        return await self._read(partial(reads.failed_tries, request_id=request_id))
+
     async def events_after(self, request_id: str, after_seq: int, limit: int = 1000) -> list[Event]:
         if not 1 <= limit <= MAX_PAGE:
             raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")

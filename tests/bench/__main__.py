@@ -101,6 +101,9 @@ def expand(names: list[str], quick: bool) -> list[str]:
 def child(name: str, quick: bool, keep: bool) -> int:
     import resource
 
+    from daemon import gcpolicy
+
+    gcpolicy.configure()  # as `spind serve` does
     fn = resolve(name, quick)
     root = Path(tempfile.mkdtemp(prefix=f"spind-bench-{name}-"))
     try:

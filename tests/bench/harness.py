@@ -141,7 +141,8 @@ class Rig:
             env = RuntimeEnv(
                 journal,
                 factory,
-                limits=Limits(),
+                # fanout-100000 is 100,001 jobs: past max_jobs_per_request's default
+                limits=Limits(max_jobs=1_000_000),
                 slots=Slots(max_running_jobs),
                 settings=Settings(work_dir=str(root)),
                 publish=bus.publish,

@@ -115,7 +115,7 @@ def test_verify_catches_mistakes(tmp_path: Path, change: tuple[str, str], expect
         ("Type", "notify"),
         ("NotifyAccess", "main"),
         ("ExecStart", f"{INSTALLED} serve"),
-        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("ExecReload", f"{INSTALLED} reload --pid $MAINPID"),
         ("KillSignal", "SIGTERM"),
         ("KillMode", "mixed"),
         ("Restart", "on-failure"),

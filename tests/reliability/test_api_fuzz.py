@@ -24,9 +24,8 @@ from schemathesis.checks import positive_data_acceptance
 from tests.e2e.harness import Daemon, free_port
 from tests.reliability import mix
 
-pytestmark = pytest.mark.timeout(300)
-
 EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "15"))
+pytestmark = pytest.mark.timeout(120 + EXAMPLES)
 SEEN: Counter[int] = Counter()
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from daemon.builder import build
@@ -31,12 +31,11 @@ from daemon.specload import MAX_DEPTH, SpecSet, load_text
 from tests.e2e.harness import eventually
 from tests.reliability.conftest import Spawn
 
-pytestmark = pytest.mark.timeout(120)
-
 REPO = Path(__file__).resolve().parents[2]
 FACTORY = JobFactory()
 #: generated examples per property (RELIABILITY_EXAMPLES for a longer run)
 EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "120"))
+pytestmark = pytest.mark.timeout(120 + EXAMPLES // 5)
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -108,7 +107,65 @@ SEQUENCE = st.fixed_dictionaries(
         "acl": st.lists(st.fixed_dictionaries({"role": TEXTS, "ops": st.lists(TEXTS)}), max_size=1),
     },
 )
-TREE = st.fixed_dictionaries({"sequences": st.dictionaries(SEQ_NAMES, SEQUENCE, max_size=3)})
+WILD = st.fixed_dictionaries({"sequences": st.dictionaries(SEQ_NAMES, SEQUENCE, max_size=3)})
+
+
+@st.composite
+def coherent(draw: st.DrawFn) -> dict[str, Any]:
+    """Mostly valid trees: deps only on earlier nodes, args that exist, lists to `each` over,
+    outputs set at run time (deferred nodes), calls of a helper sequence and conditionals."""
+    nodes: dict[str, Any] = {}
+    names = ["a", "b", "c", "d", "e"][: draw(st.integers(1, 5))]
+    for i, name in enumerate(names):
+        kind = draw(st.sampled_from(["job", "job", "sequence", "conditional"]))
+        node: dict[str, Any] = {"category": kind, "args": ["x"]}
+        if kind == "job":
+            node["type"] = draw(st.sampled_from(["noop", "sleep", "shell"]))
+            node["with"] = {"noop": {}, "sleep": {"duration": "1ms"}, "shell": {"cmd": "true"}}[
+                node["type"]
+            ]
+            if draw(st.booleans()):
+                node["sets"] = [{"arg": "out", "as": f"out_{name}"}]
+        elif kind == "sequence":
+            node["type"] = "helper"
+        else:
+            node["if"] = "x"
+            node["eq"] = {"x": "helper", "default": "noop"}
+        earlier = names[:i]
+        deps = draw(st.lists(st.sampled_from(earlier), unique=True, max_size=2)) if earlier else []
+        if deps:
+            node["deps"] = deps
+        sources = ["hosts"] + [f"out_{n}" for n in deps if "sets" in nodes[n]]
+        if kind != "conditional" and draw(st.integers(0, 2)) == 0:
+            node["each"] = [f"{draw(st.sampled_from(sources))}:h"]
+            if kind == "sequence":
+                node["type"] = "helper-each"
+            if draw(st.booleans()):
+                node["parallel"] = draw(st.integers(1, 3))
+        if draw(st.booleans()):
+            node["retry"] = draw(st.integers(1, 2))
+            node["retryWait"] = "10ms"
+        nodes[name] = node
+    return {
+        "sequences": {
+            "r1": {
+                "request": True,
+                "args": {"required": [{"name": "x"}, {"name": "hosts"}]},
+                "nodes": nodes,
+            },
+            "helper": {
+                "args": {"required": [{"name": "x"}]},
+                "nodes": {"one": {"category": "job", "type": "noop", "args": ["x"]}},
+            },
+            "helper-each": {
+                "args": {"required": [{"name": "x"}, {"name": "h"}]},
+                "nodes": {"one": {"category": "job", "type": "noop", "args": ["x", "h"]}},
+            },
+        }
+    }
+
+
+TREE = st.one_of(WILD, coherent())
 
 
 def _lint(text: str | bytes, name: str = "gen.yaml") -> tuple[SpecSet, list[Any]]:
@@ -121,6 +178,7 @@ def _lint(text: str | bytes, name: str = "gen.yaml") -> tuple[SpecSet, list[Any]
     diags = lint(specs, FACTORY)
     bad = [d.format() for d in diags if d.line < 1 or d.col < 1 or d.check == "internal"]
     assert not bad, bad
+    event("lint: errors" if any(d.is_error for d in diags) else "lint: clean")
     return specs, diags
 
 
@@ -129,7 +187,7 @@ def _sample_args(seq: SequenceSpec, shape: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i, a in enumerate(x for x in seq.args.required if x is not None and x.name):
         kind = (shape + i) % 3
-        out[a.name] = ["1", "2"] if kind == 1 else "2" if kind == 2 else "x"
+        out[a.name] = ["1", "2"] if kind == 1 or a.name == "hosts" else "2" if kind == 2 else "x"
     return out
 
 
@@ -142,8 +200,10 @@ async def _build_all(specs: SpecSet, shape: int) -> int:
         try:
             await build(specs.sequences, name, _sample_args(seq, shape), FACTORY)
             built += 1
+            event("build: chain")
         except BuildError as exc:
             assert exc.message, name
+            event("build: BuildError")
     return built
 
 
