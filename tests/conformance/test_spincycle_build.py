@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon.builder import build, request_args
+from daemon.builder import _topological, build, request_args
 from daemon.chain import Chain, JobKind
 from daemon.errors import BuildError
 from daemon.specload import load_paths
@@ -150,3 +150,42 @@ def test_request_args_order_and_defaults() -> None:
     want = {a["name"]: a["value"] for a in case["request_args"]}
     assert got == want
     assert list(got) == [a["name"] for a in case["request_args"]]
+
+
+SEQGRAPH = [c for c in CASES["cases"] if c["kind"] == "build" and c["graph"] == "sequence"]
+
+
+def template_layers(seq: Any) -> list[dict[str, int]]:
+    """Spin Cycle's per-sequence graph: nodes by deps, unexpanded, then the `<name>_end` sink."""
+    nodes = {n.name: n for n in seq.node_list()}
+    order = _topological(seq.name, nodes)
+    succs: dict[str, list[str]] = {n: [] for n in order}
+    for n in order:
+        for d in nodes[n].deps:
+            succs[d].append(n)
+    end = f"{seq.name}_end"
+    layer = [n for n in order if not nodes[n].deps]
+    out: list[dict[str, int]] = []
+    while layer:
+        out.append(dict(Counter(layer)))
+        nxt: list[str] = []
+        for n in layer:
+            for s in succs.get(n) or ([end] if n != end else []):
+                if s not in nxt:
+                    nxt.append(s)
+        layer = nxt
+    return out
+
+
+@pytest.mark.parametrize("case", SEQGRAPH, ids=[c["id"] for c in SEQGRAPH])
+def test_sequence_template_graph(case: dict[str, Any]) -> None:
+    from daemon.lint import lint
+
+    specs = load_paths([ROOT / "specs" / case["spec"]])
+    # the sequences pass the graph checks (no job registry: the types are the tests' own)
+    graph_errors = [d for d in lint(specs, None) if d.is_error and d.check != "unknown-job-type"]
+    assert not [d for d in graph_errors if d.sequence in case["sequence_layers"]], graph_errors
+    for _ in range(case.get("repeat", 1)):
+        for name, want in case["sequence_layers"].items():
+            got = template_layers(specs.sequences[name])
+            assert got[: len(want)] == want, (name, got)
