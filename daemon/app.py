@@ -358,11 +358,17 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> int:
     if file:
         logger.info("config {}", file)
     gcpolicy.configure()
+    # Closing the loop puts back the default action of the signals it handled (death): a late
+    # SIGTERM, SIGINT or SIGHUP while the daemon winds down must not turn a clean stop into
+    # death by signal. Block them before the loop closes, ignore them (dropping any pending)
+    # once it has.
+    late = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     try:
-        return asyncio.run(Daemon(cfg, file, overrides).run())
+        with asyncio.Runner() as runner:
+            try:
+                return runner.run(Daemon(cfg, file, overrides).run())
+            finally:
+                signal.pthread_sigmask(signal.SIG_BLOCK, late)
     finally:
-        # the loop's signal handlers are gone once asyncio.run returns: a late SIGTERM (or
-        # SIGINT, SIGHUP) while the interpreter winds down must not turn a clean stop into
-        # death by signal
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in late:
             signal.signal(sig, signal.SIG_IGN)

@@ -43,6 +43,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _Ends = tuple[list[str], list[str]]  # (entry job ids, exit job ids) of a built piece
+#: a sequence, its nodes by name, their dependency order, the nodes some node depends on
+_Layout = tuple[SequenceSpec, dict[str, NodeSpec], list[str], frozenset[str]]
 
 
 def request_args(seq: SequenceSpec, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -256,6 +258,7 @@ class _Builder:
         self.edges: list[tuple[str, str]] = chain.edges if base is None else []
         self.vars = _BuildVars(chain, base)
         self.recorded = self.vars.recorded
+        self._layouts: dict[int, _Layout] = {}
 
     # ---- ids and scopes
 
@@ -279,10 +282,21 @@ class _Builder:
 
     # ---- sequences and nodes
 
+    def _layout(self, seq: SequenceSpec) -> _Layout:
+        """(nodes by name, dependency order, nodes some node depends on) of a sequence; the
+        same for every copy, so worked out once per build (an `each` makes thousands)."""
+        layout = self._layouts.get(id(seq))
+        if layout is None or layout[0] is not seq:
+            nodes = {n.name: n for n in seq.node_list()}
+            order = _topological(seq.name, nodes)
+            used = frozenset(d for n in nodes.values() for d in n.deps)
+            layout = (seq, nodes, order, used)
+            self._layouts[id(seq)] = layout
+        return layout
+
     async def sequence(self, seq: SequenceSpec, scope: str, depth: int) -> _Ends:
         """Build every node of a sequence in a scope; return the entries and exits."""
-        nodes = {n.name: n for n in seq.node_list()}
-        order = _topological(seq.name, nodes)
+        _seq, nodes, order, used = self._layout(seq)
         ends: dict[str, _Ends] = {}
         passthrough: dict[str, list[str]] = {}  # node -> exits that stand for it downstream
         entries: list[str] = []
@@ -299,7 +313,6 @@ class _Builder:
                 passthrough[name] = last
             else:
                 passthrough[name] = preds
-        used = {d for n in nodes.values() for d in n.deps}
         exits = list(
             dict.fromkeys(x for name in order if name not in used for x in passthrough[name])
         )

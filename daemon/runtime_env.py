@@ -39,15 +39,21 @@ class Slots:
         self._waiters[who] = None
         return False
 
-    def release(self) -> None:
+    def release(self, by: Wakeable | None = None) -> bool:
+        """Give a slot back. `by`, the releaser, is not woken: it schedules right after.
+        True if others were waiting for a slot (so `by` should not take it back at once)."""
         self.used = max(0, self.used - 1)
         free = self.limit - self.used
+        others = False
         # wake every waiter: each takes what it can and re-registers if it gets nothing
         if free > 0 and self._waiters:
             waiters = list(self._waiters)
             self._waiters.clear()
             for w in waiters:
-                w.wake()
+                if w is not by:
+                    w.wake()
+                    others = True
+        return others
 
     def forget(self, who: Wakeable) -> None:
         self._waiters.pop(who, None)
@@ -82,6 +88,7 @@ class RuntimeEnv:
         self.now = now
         self.last_journal_error = ""
         self.last_journal_error_at = 0.0
+        self._job_metrics: dict[tuple[str, JobState], tuple[Any, Any]] = {}
         #: the writer's commit count when that error happened: a later commit clears it
         self.commits_at_error = 0
 
@@ -105,5 +112,14 @@ class RuntimeEnv:
     def metrics_job_ended(self, type_name: str, state: JobState, seconds: float) -> None:
         if self.metrics is not None:
             self.metrics.jobs_running.dec()
-            self.metrics.job_tries.labels(type=type_name, outcome=str(state)).inc()
-            self.metrics.job_duration.labels(type=type_name).observe(seconds)
+            # labels() takes a lock and builds a key each call: keep the children per label
+            key = (type_name, state)
+            children = self._job_metrics.get(key)
+            if children is None:
+                children = (
+                    self.metrics.job_tries.labels(type=type_name, outcome=str(state)),
+                    self.metrics.job_duration.labels(type=type_name),
+                )
+                self._job_metrics[key] = children
+            children[0].inc()
+            children[1].observe(seconds)

@@ -329,6 +329,7 @@ class Traverser:
         the reset makes it ready again), so it is not looked at again on every event."""
         if self.mode != "run" or self.journal_stalled or (self.failed and self.chain.fail_fast):
             return
+        self.waiting_slot = False  # set again below if no slot is free
         while (jid := self.ready.pop()) is not None:
             if (
                 self.state.get(jid) != JobState.PENDING
@@ -372,7 +373,7 @@ class Traverser:
     def _unclaim(self, jid: str) -> None:
         """A claimed try whose RUNNING row was not written: the job did not start."""
         self.running.pop(jid, None)
-        self.env.slots.release()
+        self.env.slots.release(by=self)
         self.tries[jid] = self.tries.get(jid, 1) - 1
         self.state[jid] = JobState.PENDING
 
@@ -462,7 +463,7 @@ class Traverser:
     def _on_try_end(self, msg: TryEnded) -> None:
         jid = msg.job_id
         self.running.pop(jid, None)
-        self.env.slots.release()
+        contended = self.env.slots.release(by=self)
         job = self.chain.jobs[jid]
         res = msg.result
         if msg.reason in ("suspend", "shutdown", "reset", "timeout-request"):
@@ -473,7 +474,8 @@ class Traverser:
             self._finish_write(msg, JobState.STOPPED, JobState.STOPPED, self._to_stopped)
             return
         if res.state == JobState.COMPLETE:
-            starts = self._claim_successors(jid)
+            # other chains wait for a slot: they get the one just freed, not our successor
+            starts = [] if contended else self._claim_successors(jid)
             self._finish_write(
                 msg, JobState.COMPLETE, JobState.COMPLETE, self._to_complete, starts=starts
             )
@@ -636,9 +638,11 @@ class Traverser:
     def _to_failed(self, jid: str) -> None:
         self.state[jid] = JobState.FAIL
         job = self.chain.jobs[jid]
-        scope = (
-            policy.sequence_retry(self.chain, job, self.scope_tries) if self.mode == "run" else None
-        )
+        # a stop ends the chain; a suspend or shutdown only pauses it, so the sequence retry is
+        # journaled now (its jobs back to PENDING) and runs when the chain is resumed
+        scope = None
+        if self.mode != "stop":
+            scope = policy.sequence_retry(self.chain, job, self.scope_tries)
         if scope is None:
             self.failed = True
             logger.warning("job {} ({}) failed for good", job.name, jid, action="job_failed")
@@ -824,7 +828,7 @@ class Traverser:
         """The RUNNING row could not be committed: the job did not run; try again later."""
         jid = msg.job_id
         self.running.pop(jid, None)
-        self.env.slots.release()
+        self.env.slots.release(by=self)
         self.tries[jid] = self.tries.get(jid, 1) - 1
         self.state[jid] = JobState.PENDING
         self.ready.add(jid)

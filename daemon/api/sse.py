@@ -87,29 +87,39 @@ async def stream(
     stopping = asyncio.create_task(stop.wait(), name=f"sse-stop-{request_id}")
     pending: asyncio.Task[Any] | None = None
     last_state = ""
+    # Events often come in bursts (a job's end and its successor's start share a commit): what
+    # is already there goes out in one write, not one write (and one send) per event.
+    buf: list[bytes] = [b": stream of request %s\n\n" % request_id.encode()]
     try:
-        await resp.write(b": stream of request %s\n\n" % request_id.encode())
         while True:
             if pending is None:
                 pending = asyncio.create_task(_next(events), name=f"sse-next-{request_id}")
-            done, _ = await asyncio.wait(
-                {pending, stopping}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
-            )
-            if stopping in done:
-                break
-            if pending not in done:
-                await resp.write(HEARTBEAT)
-                continue
+            if not pending.done() and buf:
+                await asyncio.sleep(0)  # one loop turn: a queued event completes it at once
+                if not pending.done():
+                    await resp.write(b"".join(buf))
+                    buf.clear()
+            if not pending.done():
+                done, _ = await asyncio.wait(
+                    {pending, stopping}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
+                )
+                if stopping in done:
+                    break
+                if pending not in done:
+                    await resp.write(HEARTBEAT)
+                    continue
             item = pending.result()
             pending = None
             if item is _DONE:
                 state = last_state if _final(last_state) else await _safe(final_state)
-                await resp.write(format_end(request_id, state))
+                buf.append(format_end(request_id, state))
                 break
             assert isinstance(item, Event)
             if item.kind == "request":
                 last_state = item.state
-            await resp.write(format_event(item))
+            buf.append(format_event(item))
+        if buf:
+            await resp.write(b"".join(buf))
         await resp.write_eof()
     except ConnectionResetError:
         pass  # the client went away

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -98,16 +99,24 @@ def expand(names: list[str], quick: bool) -> list[str]:
 # ---- the child: one run of one workload
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: `finally` blocks stop daemons, remove files
+
+
 def child(name: str, quick: bool, keep: bool) -> int:
     import resource
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     from daemon import gcpolicy
 
     gcpolicy.configure()  # as `spind serve` does
     fn = resolve(name, quick)
     root = Path(tempfile.mkdtemp(prefix=f"spind-bench-{name}-"))
+    load = os.getloadavg()[0]  # other work on the machine makes every figure worse
     try:
         result = asyncio.run(fn(root))
+        result["load1"] = load
         if "peak_rss_mb" not in result:
             result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         print("RESULT " + json.dumps(result), flush=True)
@@ -127,14 +136,24 @@ def run_child(name: str, quick: bool, keep: bool) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")]
     ).rstrip(os.pathsep)
-    proc = subprocess.run(
-        args, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env, check=False
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
-    for text in proc.stdout.splitlines():
+    try:
+        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    except BaseException:  # timeout, Ctrl-C, SIGTERM: the child stops its daemon and goes
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    for text in out.splitlines():
         if text.startswith("RESULT "):
             result: dict[str, Any] = json.loads(text[len("RESULT ") :])
             return result
-    tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-30:])
+    tail = "\n".join((err or out).splitlines()[-30:])
     raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{tail}")
 
 
@@ -161,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     medians: dict[str, dict[str, Any]] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
     failed = 0
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # the current child is stopped too
     for name in names:
         runs[name] = []
         for i in range(args.repeat):
@@ -182,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             medians[name] = report.median_result(runs[name])
             print(report.line(name, medians[name]), flush=True)
     sizes = QUICK_SCALING_SIZES if args.quick else SCALING_SIZES
-    if any(f"chain-{n}" in medians or f"fanout-{n}" in medians for n in sizes):
+    if report.has_scaling_rows(medians, sizes):
         print("\n" + report.scaling_table(medians, sizes), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": runs, "medians": medians}, indent=1))

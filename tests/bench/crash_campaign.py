@@ -6,12 +6,12 @@
 Each cycle starts the daemon (a real `python -m daemon serve` on a Unix socket, journal and
 specs in the work directory), submits 0-3 new requests of the mix in :mod:`tests.reliability.mix`
 from a thread while the daemon runs, waits a random delay and then kills it: `kill -9` (signal
-`kill`), SIGTERM (`term`: exit 0 expected, and every unfinished request SUSPENDED with nothing
-left RUNNING), or a seeded mix of both plus double SIGTERMs and SIGHUP storms (`mixed`). Some
-cycles kill the daemon while it is still starting (resuming chains). At the end the daemon
-runs undisturbed until every request has finished, is stopped with SIGTERM, and the journal is
-checked against the ledger (:func:`tests.reliability.mix.check`). Exit status 0 when no
-violation was found.
+`kill`); SIGTERM (`term`: exit 0 expected, nothing left RUNNING, every unfinished request
+SUSPENDED, or PENDING if it never started); or a seeded mix of both plus double SIGTERMs and
+SIGHUP storms (`mixed`). Some cycles kill the daemon while it is still starting (resuming
+chains). At the end the daemon runs undisturbed until every request has finished, is stopped
+with SIGTERM, and the journal is checked against the ledger (:func:`tests.reliability.mix.check`).
+Exit status 0 when no violation was found.
 """
 
 from __future__ import annotations
@@ -101,11 +101,17 @@ class Campaign:
         self._check_suspended()
 
     def _check_suspended(self) -> None:
-        """After a clean stop: nothing RUNNING, every unfinished request SUSPENDED."""
+        """After a clean stop: nothing RUNNING; every unfinished request SUSPENDED, or PENDING
+        if it never started (created while the daemon was stopping: it starts next time)."""
         db = sqlite3.connect(f"file:{self.daemon.journal}?mode=ro", uri=True, timeout=30)
         try:
             for table, sql in (
-                ("requests", "SELECT id FROM requests WHERE state IN ('RUNNING', 'PENDING')"),
+                ("requests", "SELECT id, state FROM requests WHERE state = 'RUNNING'"),
+                (
+                    "requests",
+                    "SELECT id, state FROM requests r WHERE state = 'PENDING' AND EXISTS "
+                    "(SELECT 1 FROM jobs j WHERE j.request_id = r.id AND j.tries > 0)",
+                ),
                 ("jobs", "SELECT request_id, job_id FROM jobs WHERE state = 'RUNNING'"),
                 ("job_log", "SELECT request_id, job_id, try FROM job_log WHERE state='RUNNING'"),
             ):

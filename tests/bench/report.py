@@ -58,6 +58,15 @@ def mem_per_job_kb(result: Mapping[str, Any]) -> float | None:
     return max(peak - base, 0.0) * 1024.0 / float(n)
 
 
+def _scaling_point(results: Mapping[str, Mapping[str, Any]], kind: str, n: int) -> Any:
+    r = results.get(f"{kind}-{n}")
+    return r if r is not None and r.get("n") in (n, n + 1) else None  # not a --quick run
+
+
+def has_scaling_rows(results: Mapping[str, Mapping[str, Any]], sizes: Iterable[int]) -> bool:
+    return any(_scaling_point(results, k, n) for n in sizes for k in ("chain", "fanout"))
+
+
 def scaling_table(results: Mapping[str, Mapping[str, Any]], sizes: Iterable[int]) -> str:
     """A Markdown table of jobs/s and memory for chain-N and fanout-N, by N."""
     head = (
@@ -68,8 +77,8 @@ def scaling_table(results: Mapping[str, Mapping[str, Any]], sizes: Iterable[int]
     for n in sizes:
         cells = [f"{n:,}"]
         for kind in ("chain", "fanout"):
-            r = results.get(f"{kind}-{n}")
-            if r is None or r.get("n") not in (n, n + 1):  # (a --quick run shrinks it)
+            r = _scaling_point(results, kind, n)
+            if r is None:
                 cells += ["-", "-", "-"]
                 continue
             cells += [
