@@ -63,6 +63,8 @@ class Probe:
 
     started: dict[tuple[str, str], float] = field(default_factory=dict)
     completed: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: when the traverser asked for a try's COMPLETE row (the job had returned)
+    ended: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def install(self, journal: Journal) -> None:
         started, finished = journal.job_started, journal.job_finished
@@ -73,6 +75,8 @@ class Probe:
             return events
 
         async def job_finished(request_id: str, job_id: str, *args: Any, **kw: Any) -> Any:
+            if kw.get("log_state") == JobState.COMPLETE:
+                self.ended[(request_id, job_id)] = time.perf_counter()
             events = await finished(request_id, job_id, *args, **kw)
             now = time.perf_counter()
             if kw.get("log_state") == JobState.COMPLETE:
@@ -84,15 +88,19 @@ class Probe:
         journal.job_started = job_started  # type: ignore[method-assign]
         journal.job_finished = job_finished  # type: ignore[method-assign]
 
-    def handoffs_ms(self, request_id: str, preds: dict[str, list[str]]) -> list[float]:
+    def handoffs_ms(
+        self, request_id: str, preds: dict[str, list[str]], *, since_end: bool = False
+    ) -> list[float]:
         """Completion-to-next-start latencies: for every job with predecessors, the time from
-        the last predecessor's COMPLETE commit to the job's RUNNING commit."""
+        the last predecessor's COMPLETE commit (with `since_end`: from the moment it returned
+        and its COMPLETE row was asked for) to the job's RUNNING commit."""
+        marks = self.ended if since_end else self.completed
         out = []
         for jid, ps in preds.items():
             start = self.started.get((request_id, jid))
             if start is None or not ps:
                 continue
-            ends = [self.completed.get((request_id, p)) for p in ps]
+            ends = [marks.get((request_id, p)) for p in ps]
             done = [e for e in ends if e is not None]
             if done:
                 out.append((start - max(done)) * 1000.0)

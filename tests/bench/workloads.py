@@ -4,7 +4,8 @@ Each returns a `Result`: the figures of one run. Latencies come from `Probe` (co
 RUNNING and COMPLETE rows as the traverser sees them):
 
 - chain-N: completion-to-next-start, from a job's COMPLETE commit to its successor's RUNNING
-  commit (0 when both are in one commit).
+  commit (0 when both are in one commit); and end_to_start: from the moment the job returned
+  (its COMPLETE row asked for) to its successor's RUNNING commit.
 - fanout-N, sleep-fanout, shell-fanout: job turnaround, from a job's RUNNING commit to its
   COMPLETE commit (the job's own run time included).
 """
@@ -46,12 +47,16 @@ async def chain(root: Path, n: int, *, synchronous: str = "NORMAL") -> Result:
         commits = rig.journal.stats.commits - commits0
         loaded = await rig.journal.load_request(rid)
         assert loaded is not None
-        handoffs = probe.handoffs_ms(rid, loaded.chain.predecessors())
+        preds = loaded.chain.predecessors()
+        handoffs = probe.handoffs_ms(rid, preds)
+        end_to_start = probe.handoffs_ms(rid, preds, since_end=True)
         return {
             "n": n,
             "wall_s": wall,
             "jobs_per_s": n / wall,
             **_latencies(handoffs),
+            "end_to_start_p50_ms": percentile(end_to_start, 50),
+            "end_to_start_p99_ms": percentile(end_to_start, 99),
             "commits_per_job": commits / n,
             "base_rss_mb": base,
         }
