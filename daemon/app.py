@@ -15,6 +15,7 @@ import ipaddress
 import os
 import signal
 import ssl
+import threading
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -346,6 +347,15 @@ class Daemon:
         logger.info("stopped", action="stopped")
 
 
+def _join_threads(timeout: float) -> None:
+    """Wait for the threads still winding down (the journal connections' threads end just after
+    they close): a signal blocked in this thread could still be delivered to one of them."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def serve(config_path: str | None, overrides: dict[str, Any]) -> int:
     """`spind serve`: returns the process exit code."""
     try:
@@ -369,6 +379,7 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> int:
                 return runner.run(Daemon(cfg, file, overrides).run())
             finally:
                 signal.pthread_sigmask(signal.SIG_BLOCK, late)
+                _join_threads(timeout=2.0)
     finally:
         for sig in late:
             signal.signal(sig, signal.SIG_IGN)

@@ -33,7 +33,7 @@ from daemon.ready import Parked, ReadyQueue
 from daemon.runner import TryRunner, make_context
 from daemon.runtime_env import RuntimeEnv
 
-_DONE = (JobState.COMPLETE, JobState.SKIPPED)
+_DONE = frozenset({JobState.COMPLETE, JobState.SKIPPED})
 #: seconds a chain stalled by a journal fault waits before it tries a launch again by itself
 STALL_RETRY = 5.0
 
@@ -119,7 +119,7 @@ class Traverser:
         self.budget = st.budget
         self.scope_tries = st.scope_tries
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
-        self.preds = chain.predecessors()
+        self._preds: dict[str, list[str]] | None = None  # built when first needed
         self.succs = chain.successors()
         self.pending_preds: dict[str, int] = {}
         self.ready = ReadyQueue()  # predecessors done, in the order they became ready
@@ -147,22 +147,38 @@ class Traverser:
 
     # ---- setup
 
+    @property
+    def preds(self) -> dict[str, list[str]]:
+        """Predecessors of every job: needed only for expansions and sequence retries."""
+        if self._preds is None:
+            self._preds = self.chain.predecessors()
+        return self._preds
+
     def _done(self, jid: str) -> bool:
         return self.state.get(jid) in _DONE
 
     def _init_counts(self) -> None:
+        state = self.state
         for jid in self.chain.jobs:
-            self.state.setdefault(jid, JobState.PENDING)
-            self.pending_preds[jid] = sum(1 for p in self.preds[jid] if not self._done(p))
+            state.setdefault(jid, JobState.PENDING)
+        pending = dict.fromkeys(self.chain.jobs, 0)
+        for a, b in self.chain.edges:  # one pass over the edges: a resume starts 1000s
+            if state.get(a) not in _DONE:
+                pending[b] += 1
+        self.pending_preds = pending
         self._count_copies(list(self.chain.jobs))
         for jid, count in self.pending_preds.items():
             if count == 0 and self.state[jid] == JobState.PENDING:
                 self.ready.add(jid)
 
     def _count_copies(self, jobs: list[str]) -> None:
+        by_scope: dict[str, list[tuple[str, str]]] = {}  # jobs of a scope share the answer
         for jid in jobs:
-            cps = policy.enclosing_copies(self.chain, self.chain.jobs[jid].scope)
-            self.copies[jid] = cps
+            sid = self.chain.jobs[jid].scope
+            cps = by_scope.get(sid)
+            if cps is None:
+                cps = by_scope[sid] = policy.enclosing_copies(self.chain, sid)
+            self.copies[jid] = cps  # never changed in place
             if self._done(jid):
                 continue
             for gid, csid in cps:
@@ -780,14 +796,19 @@ class Traverser:
         removed = set(patch.remove_edges)
         for a in {a for a, _ in removed}:
             self.succs[a] = [b for b in self.succs.get(a, ()) if (a, b) not in removed]
-        for b in {b for _, b in removed}:
-            self.preds[b] = [a for a in self.preds.get(b, ()) if (a, b) not in removed]
         for job in patch.jobs:
-            self.preds.setdefault(job.id, [])
             self.succs.setdefault(job.id, [])
         for a, b in patch.edges:
             self.succs.setdefault(a, []).append(b)
-            self.preds.setdefault(b, []).append(a)
+        preds = self._preds
+        if preds is None:
+            return  # built from the patched chain when first needed
+        for b in {b for _, b in removed}:
+            preds[b] = [a for a in preds.get(b, ()) if (a, b) not in removed]
+        for job in patch.jobs:
+            preds.setdefault(job.id, [])
+        for a, b in patch.edges:
+            preds.setdefault(b, []).append(a)
 
     def _expansion_failed(self, jid: str, message: str) -> None:
         self.busy.discard(jid)

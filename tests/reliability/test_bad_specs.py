@@ -21,6 +21,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from daemon.builder import build
 from daemon.errors import BuildError
@@ -168,6 +169,12 @@ def coherent(draw: st.DrawFn) -> dict[str, Any]:
 TREE = st.one_of(WILD, coherent())
 
 
+def _event(text: str) -> None:
+    """A statistic for --hypothesis-show-statistics, when running under hypothesis."""
+    if currently_in_test_context():
+        event(text)
+
+
 def _lint(text: str | bytes, name: str = "gen.yaml") -> tuple[SpecSet, list[Any]]:
     res = load_text(text, name)
     specs = SpecSet()
@@ -178,7 +185,7 @@ def _lint(text: str | bytes, name: str = "gen.yaml") -> tuple[SpecSet, list[Any]
     diags = lint(specs, FACTORY)
     bad = [d.format() for d in diags if d.line < 1 or d.col < 1 or d.check == "internal"]
     assert not bad, bad
-    event("lint: errors" if any(d.is_error for d in diags) else "lint: clean")
+    _event("lint: errors" if any(d.is_error for d in diags) else "lint: clean")
     return specs, diags
 
 
@@ -200,10 +207,10 @@ async def _build_all(specs: SpecSet, shape: int) -> int:
         try:
             await build(specs.sequences, name, _sample_args(seq, shape), FACTORY)
             built += 1
-            event("build: chain")
+            _event("build: chain")
         except BuildError as exc:
             assert exc.message, name
-            event("build: BuildError")
+            _event("build: BuildError")
     return built
 
 
