@@ -379,7 +379,7 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> int:
                 return runner.run(Daemon(cfg, file, overrides).run())
             finally:
                 signal.pthread_sigmask(signal.SIG_BLOCK, late)
-                pass  # _join_threads(timeout=2.0)
+                _join_threads(timeout=2.0)
     finally:
         for sig in late:
             signal.signal(sig, signal.SIG_IGN)
