@@ -1,7 +1,8 @@
 """Wiring and lifecycle of `spind serve`: start in order, run, reload on SIGHUP, stop in order.
 
-Start: logging -> journal (refused if foreign or too new) -> boot row -> specs loaded and
-linted (refused with errors) -> interrupted chains resumed -> listeners accept -> READY=1.
+Start: logging -> journal (refused if foreign or too new) -> boot row -> job processes and
+temporary files left by a crashed boot cleaned up -> specs loaded and linted (refused with
+errors) -> interrupted chains resumed -> listeners accept -> READY=1.
 Stop (SIGTERM/SIGINT): STOPPING=1 -> refuse API writes (503) -> running jobs get the grace
 period, then are interrupted and their chains SUSPENDED -> listeners closed -> journal closed.
 A signal handler only sets an event; everything else runs in the loop.
@@ -18,11 +19,12 @@ import ssl
 import threading
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
-from daemon import __version__, gcpolicy
+from daemon import __version__, gcpolicy, leftovers
 from daemon.api.app import make_app, start_sites
 from daemon.api.auth import AuthSettings
 from daemon.backup import JournalLock
@@ -52,6 +54,7 @@ def auth_settings(cfg: Config) -> AuthSettings:
         tokens=list(cfg.auth.tokens),  # type: ignore[arg-type]
         roles={k: list(v) for k, v in cfg.auth.roles.items()},
         admin_roles=list(cfg.auth.admin_roles),
+        metrics_public=cfg.auth.metrics_public,
     )
 
 
@@ -131,6 +134,13 @@ class Daemon:
         boot = await self.journal.start_boot(os.getpid(), __version__)
         self.journal.writer.on_commit = self.metrics.journal_committed
         logger.info("spind {} starting, boot {}, journal {}", __version__, boot, cfg.journal)
+        journal_id = os.path.realpath(self.journal.path)
+        tmp_dir = leftovers.tmp_dir_for(self.journal.path)
+        try:
+            await self._clean_up_earlier_boots(journal_id, tmp_dir)
+        except (JournalError, OSError) as exc:
+            logger.error("cannot clean up after earlier boots ({}): {}", tmp_dir, exc)
+            return EXIT_REFUSED
         self.factory = JobFactory(cfg.jobs)
         self.specs = SpecStore(cfg.specs, self.factory)
         diags = self.specs.load()
@@ -152,6 +162,9 @@ class Daemon:
                 work_dir=cfg.work_dir,
                 output_limit=cfg.output_limit,
                 job_stop_grace=cfg.job_stop_grace,
+                tmp_dir=str(tmp_dir),
+                journal=journal_id,
+                boot_id=boot,
             ),
             publish=self.bus.publish,
             metrics=self.metrics,
@@ -196,6 +209,23 @@ class Daemon:
         self.exit_code = code
         await self._shutdown(runner)
         return self.exit_code
+
+    async def _clean_up_earlier_boots(self, journal_id: str, tmp_dir: Path) -> None:
+        """Before anything resumes: stop the job processes of tries a crash left running (so
+        that their new tries never overlap them), then remove earlier boots' output files."""
+        stale = await self.journal.stale_running_tries()
+        stopped = await leftovers.stop_orphans(
+            journal=journal_id, stale_tries=stale, grace=self.cfg.job_stop_grace
+        )
+        if stopped:
+            logger.info(
+                "stopped {} process groups left running by earlier boots",
+                len(stopped),
+                action="orphans_stopped",
+            )
+        removed = leftovers.prepare_tmp_dir(tmp_dir)
+        if removed:
+            logger.info("removed {} output files of earlier boots from {}", removed, tmp_dir)
 
     @staticmethod
     def _limits(cfg: Config) -> Limits:

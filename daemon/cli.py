@@ -7,7 +7,7 @@ import asyncio
 import os
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from daemon import __version__
@@ -86,34 +86,41 @@ def _journal_path(args: argparse.Namespace) -> str | int:
     return cfg.journal
 
 
-def cmd_backup(args: argparse.Namespace) -> int:
-    from daemon.backup import BackupError, backup
+def _on_journal(args: argparse.Namespace, command: str, action: Callable[[str], str]) -> int:
+    """Run `action` on the journal (`--journal`, else the config's) and print what it returns;
+    a failure is printed as `spind COMMAND: problem` with exit status 1."""
+    from daemon.backup import BackupError
 
     journal = _journal_path(args)
     if isinstance(journal, int):
         return journal
     try:
-        size = backup(journal, args.dest)
+        done = action(journal)
     except (BackupError, OSError, sqlite3.Error) as exc:
-        print(f"spind backup: {exc}", file=sys.stderr)
+        print(f"spind {command}: {exc}", file=sys.stderr)
         return 1
-    print(f"backed up {journal} to {args.dest} ({size} bytes)")
+    print(done)
     return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from daemon.backup import backup
+
+    def run(journal: str) -> str:
+        size = backup(journal, args.dest)
+        return f"backed up {journal} to {args.dest} ({size} bytes)"
+
+    return _on_journal(args, "backup", run)
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from daemon.backup import BackupError, restore
+    from daemon.backup import restore
 
-    journal = _journal_path(args)
-    if isinstance(journal, int):
-        return journal
-    try:
+    def run(journal: str) -> str:
         restore(args.backup, journal)
-    except (BackupError, OSError, sqlite3.Error) as exc:
-        print(f"spind restore: {exc}", file=sys.stderr)
-        return 1
-    print(f"restored {args.backup} to {journal}; start the daemon to resume its chains")
-    return 0
+        return f"restored {args.backup} to {journal}; start the daemon to resume its chains"
+
+    return _on_journal(args, "restore", run)
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

@@ -75,11 +75,16 @@ class TokenEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 class AuthConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """`auth:` -- bearer tokens for TCP clients and the roles of each user."""
+    """`auth:` -- bearer tokens for TCP clients and the roles of each user.
+
+    Health and version always answer callers without a token (health then says only ok or
+    not, and why); `/metrics` does too unless `metrics_public` is false.
+    """
 
     tokens: list[TokenEntry] = []
     roles: dict[str, list[str]] = {}
     admin_roles: list[str] = []
+    metrics_public: bool = True
 
     def user_for_token(self, token: str) -> str | None:
         """The user a bearer token identifies, or None (constant-time per entry)."""

@@ -19,8 +19,8 @@ from daemon.specload import SpecSet
 E = Severity.ERROR
 W = Severity.WARNING
 
-#: ACL ops a role may be granted.
-ACL_OPS = frozenset({"start", "stop", "admin"})
+#: ACL ops a role may be granted (`admin: true` grants both).
+ACL_OPS = ("start", "stop")
 #: What an arg name may look like where a field holds either a number or an arg name.
 ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
@@ -93,15 +93,16 @@ def _acl(specs: SpecSet, name: str, seq: SequenceSpec) -> Iterator[Diagnostic]:
         if acl.admin and acl.ops:
             msg = "acl entry has admin: true and ops; admin already grants every op"
             yield specs.diag(E, "acl-admin-and-ops", msg, name, path=(*path, "admin"))
-        if isinstance(acl.ops, str):
-            if acl.ops != "admin":
-                msg = f"acl ops {acl.ops!r}: write a list (e.g. [start, stop]) or the word admin"
-                yield specs.diag(E, "acl-bad-op", msg, name, path=(*path, "ops"))
-        elif acl.ops:
-            for j, op in enumerate(acl.ops):
-                if op not in ACL_OPS:
-                    msg = f"acl op {op!r} is not one of admin, start, stop"
-                    yield specs.diag(E, "acl-bad-op", msg, name, path=(*path, "ops", j))
+        for j, op in enumerate(acl.ops or ()):
+            if op in ACL_OPS:
+                continue
+            # Spin Cycle accepts any name here; it grants nothing (the loader refused `ops: word`)
+            if op == "admin":
+                fix = "; write `admin: true` (instead of ops) to grant every op"
+            else:
+                fix = did_you_mean(str(op), list(ACL_OPS))
+            msg = f"acl.{i}.ops: {op!r} is not an op (start, stop) and grants nothing{fix}"
+            yield specs.diag(W, "acl-bad-op", msg, name, path=(*path, "ops", j))
 
 
 def _duration(

@@ -114,6 +114,9 @@ def make_context(
     work_dir: str | None,
     output_limit: int,
     stop_grace: float,
+    tmp_dir: str | None = None,
+    journal: str = "",
+    boot_id: str = "",
 ) -> JobContext:
     return JobContext(
         request_id=request_id,
@@ -125,4 +128,7 @@ def make_context(
         work_dir=work_dir,
         output_limit=output_limit,
         stop_grace=stop_grace,
+        tmp_dir=tmp_dir,
+        journal=journal,
+        boot_id=boot_id,
     )

@@ -63,6 +63,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     work_dir: str | None = None
     output_limit: int = 65536
     job_stop_grace: float = 5.0
+    #: the daemon's directory for jobs' temporary files (None = the system's)
+    tmp_dir: str | None = None
+    #: real path of the journal and id of this boot, for the jobs' markers (daemon.orphans)
+    journal: str = ""
+    boot_id: str = ""
 
 
 class RuntimeEnv:

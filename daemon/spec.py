@@ -56,21 +56,20 @@ class SeqArgs(_Base):
 
 
 class ACL(_Base):
-    """Who may do what with a request type. `ops` is a list of op names or the word `admin`."""
+    """Who may do what with a request type: `admin: true` grants every op, else `ops` lists them.
+
+    As in Spin Cycle, `ops` is a list (`ops: [start, stop]`); a single word such as `ops: stop`
+    or `ops: admin` is refused when the spec is loaded. The ops are `start` and `stop`; any other
+    name is accepted (Spin Cycle does) and grants nothing, the linter warns about it.
+    """
 
     role: str = ""
     admin: bool = False
-    ops: list[str] | str | None = None
+    ops: list[str] | None = None
 
-    @property
-    def op_names(self) -> frozenset[str]:
-        if self.admin:
-            return frozenset({"admin"})
-        if self.ops is None:
-            return frozenset()
-        if isinstance(self.ops, str):
-            return frozenset({self.ops})
-        return frozenset(self.ops)
+    def grants(self, op: str) -> bool:
+        """Whether this entry lets its role do `op` (`start` or `stop`)."""
+        return self.admin or op in (self.ops or ())
 
 
 class NodeArg(_Base):

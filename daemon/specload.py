@@ -362,6 +362,7 @@ def _decode_file(raw: Any, result: FileResult) -> None:
         seq_body = {k: v for k, v in body.items() if k != "nodes" and v is not None}
         if isinstance(seq_body.get("args"), dict):
             seq_body["args"] = _drop_nulls(seq_body["args"])
+        _acl_ops_words(result, seq_body, base)
         try:
             seq = msgspec.convert(seq_body, SequenceSpec, strict=False)
         except msgspec.ValidationError as exc:
@@ -369,6 +370,39 @@ def _decode_file(raw: Any, result: FileResult) -> None:
             seq = SequenceSpec()
         result.sequences[name] = msgspec.structs.replace(seq, name=name, filename=fn, nodes=nodes)
         result.order.append(name)
+
+
+def _acl_ops_words(result: FileResult, body: dict[str, Any], base: PathKey) -> None:
+    """`ops: stop` or `ops: admin` (a word, not a list): an error on the field, which is dropped.
+
+    Spin Cycle's ACL has `Ops []string`, so its decoder refuses a single word; we do too, with a
+    message that says what to write, and drop the field so the rest of the sequence still loads.
+    """
+    acl = body.get("acl")
+    if not isinstance(acl, list):
+        return
+    body["acl"] = acl = [dict(e) if isinstance(e, dict) else e for e in acl]
+    for i, entry in enumerate(acl):
+        if not isinstance(entry, dict) or not isinstance(entry.get("ops"), str):
+            continue
+        word = entry.pop("ops")
+        if word.strip() == "admin":
+            fix = "write `admin: true` (instead of ops) to grant every op"
+        elif word.strip():
+            fix = f"write `ops: [{word.strip()}]`"
+        else:
+            fix = "write `ops: [start, stop]`"
+        line, col = _pos(result, (*base, "acl", i, "ops"))
+        result.diagnostics.append(
+            _err(
+                result.filename,
+                f"acl.{i}.ops: expected a list of ops (start, stop), got the word {word!r}; {fix}",
+                line,
+                col,
+                check="acl-ops-not-list",
+                **_seq_node((*base, "acl", i, "ops")),
+            )
+        )
 
 
 def _decode_node(result: FileResult, base: PathKey, node_name: str, body: Any) -> NodeSpec | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,8 @@ from daemon.chain import Chain, ChainJob, ChainPatch, JobKind, ScopeVars
 from daemon.errors import BuildError
 from daemon.jobs.base import JobResult
 from daemon.journal.errors import IllegalTransition
-from daemon.model import JobState, RequestState, RunningJob, ts_to_dt
+from daemon.journal.rows import TryEnd
+from daemon.model import Event, JobState, RequestState, RunningJob, ts_to_dt
 from daemon.ready import Parked, ReadyQueue
 from daemon.runner import TryRunner, make_context
 from daemon.runtime_env import RuntimeEnv
@@ -84,6 +85,16 @@ class Wake:
 
 
 Message = TryEnded | LaunchFailed | Written | WriteFailed | Timer | Control | Wake
+
+
+@dataclass(slots=True)
+class _End:
+    """A try end waiting for `_flush_ends`: its row, what to do once committed, and what
+    to undo first if the journal refuses it."""
+
+    end: TryEnd
+    done: Callable[[], None]
+    refused: Callable[[], None] | None
 
 
 @dataclass
@@ -143,6 +154,7 @@ class Traverser:
         self.copy_started: set[str] = set()
         self.group_active: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._ends: list[_End] = []  # try ends to journal after this batch of messages
         self._init_counts()
 
     # ---- setup
@@ -251,9 +263,14 @@ class Traverser:
                 )
             try:
                 self._schedule()
+                inbox = self.inbox
                 while not self._finished():
-                    msg = await self.inbox.get()
-                    self._handle(msg)
+                    self._handle(await inbox.get())
+                    # everything that arrived meanwhile, so that the try ends it brings share
+                    # one journal write and the jobs they release one scheduling step
+                    while not inbox.empty():
+                        self._handle(inbox.get_nowait())
+                    self._flush_ends()
                     self._schedule()
             finally:
                 if deadline is not None:
@@ -346,6 +363,16 @@ class Traverser:
         if self.mode != "run" or self.journal_stalled or (self.failed and self.chain.fail_fast):
             return
         self.waiting_slot = False  # set again below if no slot is free
+        launches: list[tuple[ChainJob, int, dict[str, Any]]] = []
+        try:
+            self._pick(launches)
+        finally:
+            if launches:
+                self._start(launches)
+
+    def _pick(self, launches: list[tuple[ChainJob, int, dict[str, Any]]]) -> None:
+        """Claim the ready jobs that may start now (each claim counts against its `each`
+        group before the next job is looked at) into `launches`."""
         while (jid := self.ready.pop()) is not None:
             if (
                 self.state.get(jid) != JobState.PENDING
@@ -369,7 +396,7 @@ class Traverser:
                 self.ready.push_front(jid)
                 self.waiting_slot = True
                 return
-            self._launch(jid)
+            launches.append((job, self._claim(jid), self.values.job_args(job)))
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -393,11 +420,35 @@ class Traverser:
         self.tries[jid] = self.tries.get(jid, 1) - 1
         self.state[jid] = JobState.PENDING
 
-    def _launch(self, jid: str) -> None:
-        job = self.chain.jobs[jid]
-        try_no = self._claim(jid)
-        args = self.values.job_args(job)
-        self._spawn(self._run_try(job, try_no, args), f"job:{self.rid}:{jid}:{try_no}")
+    def _start(self, launches: list[tuple[ChainJob, int, dict[str, Any]]]) -> None:
+        """Start claimed tries: one alone writes its own RUNNING row; several share one
+        write (all commit or none), and each job runs once the write has committed."""
+        if len(launches) == 1:
+            job, try_no, args = launches[0]
+            self._spawn(self._run_try(job, try_no, args), f"job:{self.rid}:{job.id}:{try_no}")
+            return
+        env = self.env
+        starts = [(job.id, try_no, self.epoch.get(job.id, 1)) for job, try_no, _ in launches]
+
+        async def go() -> None:
+            try:
+                events = await env.journal.jobs_started(self.rid, starts, at=env.now())
+            except IllegalTransition:
+                # the journal disagrees about one of them: let each write (or fail) alone
+                for job, try_no, args in launches:
+                    name = f"job:{self.rid}:{job.id}:{try_no}"
+                    self._spawn(self._run_try(job, try_no, args), name)
+                return
+            except Exception as exc:
+                for job, _, _ in launches:
+                    self.post(LaunchFailed(job.id, exc))
+                return
+            env.publish(events)
+            for job, try_no, args in launches:
+                name = f"job:{self.rid}:{job.id}:{try_no}"
+                self._spawn(self._run_try(job, try_no, args, journaled=True), name)
+
+        self._spawn(go(), f"start:{self.rid}:{len(launches)}")
 
     def _claim_successors(self, jid: str) -> list[tuple[str, int]]:
         """Successors that `jid` completing makes ready and that may start at once, claimed
@@ -452,6 +503,9 @@ class Traverser:
             work_dir=env.settings.work_dir,
             output_limit=env.settings.output_limit,
             stop_grace=env.settings.job_stop_grace,
+            tmp_dir=env.settings.tmp_dir,
+            journal=env.settings.journal,
+            boot_id=env.settings.boot_id,
         )
         try:
             obj = env.factory.make(job.type, name=job.name, with_=job.with_)
@@ -524,22 +578,18 @@ class Traverser:
         error = res.error
         if log_state == JobState.INTERRUPTED:
             error = error or f"interrupted by {msg.reason}"
-
-        async def write() -> list[Any]:
-            return await self.env.journal.job_finished(
-                self.rid,
-                jid,
-                msg.try_no,
-                log_state=log_state,
-                job_state=job_state,
-                exit=res.exit,
-                error=error,
-                stdout=res.stdout,
-                stderr=res.stderr,
-                outputs=res.outputs if log_state == JobState.COMPLETE else {},
-                at=self.env.now(),
-                then_start=[(s, t, self.epoch.get(s, 1)) for s, t in claimed],
-            )
+        end = TryEnd(
+            job_id=jid,
+            try_no=msg.try_no,
+            log_state=log_state,
+            job_state=job_state,
+            exit=res.exit,
+            error=error,
+            stdout=res.stdout,
+            stderr=res.stderr,
+            outputs=res.outputs if log_state == JobState.COMPLETE else {},
+            then_start=tuple((s, t, self.epoch.get(s, 1)) for s, t in claimed),
+        )
 
         def done() -> None:
             self.busy.discard(jid)
@@ -558,7 +608,35 @@ class Traverser:
                 self._unclaim(s)  # `then` makes them ready again: they start the usual way
             claimed.clear()
 
-        self._write(f"finish {jid}", write, done, refused if claimed else None)
+        self._ends.append(_End(end, done, refused if claimed else None))
+
+    def _flush_ends(self) -> None:
+        """Journal the try ends queued by `_finish_write`: one alone as its own write,
+        several in one write (all commit or none). Called after each batch of messages, and
+        before any other write so that writes reach the journal in the order they were made."""
+        ends, self._ends = self._ends, []
+        if not ends:
+            return
+        if len(ends) == 1:
+            e = ends[0]
+            self._submit(f"finish {e.end.job_id}", self._ends_write([e.end]), e.done, e.refused)
+            return
+
+        def alone() -> None:
+            # the journal refused the shared write: write each end alone, so that only the
+            # one it disagrees with is refused
+            for e in ends:
+                self._submit(f"finish {e.end.job_id}", self._ends_write([e.end]), e.done, e.refused)
+
+        def done() -> None:
+            for e in ends:
+                e.done()
+
+        what = f"finish {len(ends)} tries"
+        self._submit(what, self._ends_write([e.end for e in ends]), done, split=alone)
+
+    def _ends_write(self, ends: list[TryEnd]) -> Callable[[], Awaitable[list[Event]]]:
+        return lambda: self.env.journal.tries_ended(self.rid, ends, at=self.env.now())
 
     def _write(
         self,
@@ -571,11 +649,28 @@ class Traverser:
         (the chain stalls and the daemon reports itself unhealthy meanwhile): what the journal
         does not hold must not happen. A write the journal refuses (IllegalTransition) is not
         retried: `refused` (if given), then `then`, are applied as if it had committed."""
+        self._flush_ends()  # queued try ends first: writes reach the journal in order
+        self._submit(what, write, then, refused)
+
+    def _submit(
+        self,
+        what: str,
+        write: Callable[[], Any],
+        then: Callable[[], None],
+        refused: Callable[[], None] | None = None,
+        *,
+        split: Callable[[], None] | None = None,
+    ) -> None:
+        """`_write` without the flush. `split`: a write of several parts that the journal
+        refuses is not applied at all; `split` (in the loop) writes its parts one by one."""
         self.inflight += 1
         was_refused = False
 
         def applied() -> None:
             self.inflight -= 1
+            if was_refused and split is not None:
+                split()
+                return
             if was_refused and refused is not None:
                 refused()
             then()
@@ -589,7 +684,8 @@ class Traverser:
                     break
                 except IllegalTransition as exc:
                     # the journal disagrees with us: a bug, not a fault that clears; keep going
-                    logger.error("journal refused {}: {}", what, exc, action="journal_cas")
+                    if split is None:
+                        logger.error("journal refused {}: {}", what, exc, action="journal_cas")
                     events = []
                     was_refused = True
                     break

@@ -6,8 +6,12 @@ never logged). Without an auth section every caller is allowed, and the identity
 or "anonymous" over TCP) is only recorded.
 
 Permission: reads need any identity; `start` needs the op `start` in the request type's ACL,
-stop/suspend/resume/retry/skip need `stop`; an ACL entry with `admin` allows every op, and so do
-the configured admin roles. A type without an ACL is open to every authenticated user.
+stop/suspend/resume/retry/skip need `stop`; an ACL entry with `admin: true` allows every op, and
+so do the configured admin roles. A type without an ACL is open to every authenticated user.
+
+Probes: with auth enabled, `GET`/`HEAD` of the health and version endpoints (and of `/metrics`
+unless `auth.metrics_public` is false) need no token; such a caller is "anonymous" and the
+handler decides what it may see. A token that is sent must be valid, there as everywhere.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class AuthSettings(msgspec.Struct, frozen=True, kw_only=True):
     tokens: list[TokenEntry] = msgspec.field(default_factory=list)
     roles: dict[str, list[str]] = msgspec.field(default_factory=dict)
     admin_roles: list[str] = msgspec.field(default_factory=list)
+    #: `/metrics` answers callers without a token (health and version always do)
+    metrics_public: bool = True
 
 
 class Op(enum.StrEnum):
@@ -59,6 +65,10 @@ class Identity(msgspec.Struct, frozen=True):
 
 
 IDENTITY = web.RequestKey("identity", Identity)
+
+#: Routes (by name) that answer without a token when auth is enabled; see `public_routes`.
+PROBE_ROUTES = frozenset({"health", "version"})
+METRICS_ROUTE = "metrics"
 
 
 def token_sha256(token: str) -> str:
@@ -114,6 +124,18 @@ def identify(
     return Identity(ANONYMOUS, "anonymous")
 
 
+def public_routes(settings: AuthSettings) -> frozenset[str]:
+    """Names of the routes a caller without a token may use (all of them without auth)."""
+    if settings.metrics_public:
+        return PROBE_ROUTES | {METRICS_ROUTE}
+    return PROBE_ROUTES
+
+
+def authenticated(request: web.Request) -> bool:
+    """Whether the caller proved who they are (always true when auth is disabled)."""
+    return not request.app[AUTH].enabled or request[IDENTITY].via != "anonymous"
+
+
 def may(settings: AuthSettings, user: str, op: Op, acl: list[ACL] | None) -> bool:
     """Whether `user` may do `op` on a request type with this ACL (None: type unknown)."""
     if not settings.enabled:
@@ -127,11 +149,7 @@ def may(settings: AuthSettings, user: str, op: Op, acl: list[ACL] | None) -> boo
         return False
     if not acl:
         return True
-    for entry in acl:
-        names = entry.op_names
-        if entry.role in roles and ("admin" in names or op.value in names):
-            return True
-    return False
+    return any(entry.role in roles and entry.grants(op.value) for entry in acl)
 
 
 def check(request: web.Request, op: Op, acl: list[ACL] | None, what: str) -> None:
@@ -157,7 +175,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         authorization=request.headers.get("Authorization"),
     )
     if ident is None:
-        raise Unauthorized()
+        if "Authorization" in request.headers or not _is_public(request, settings):
+            raise Unauthorized()
+        ident = Identity(ANONYMOUS, "anonymous")
     request[IDENTITY] = ident
     request[CALLER] = ident.user
     return await handler(request)
+
+
+def _is_public(request: web.Request, settings: AuthSettings) -> bool:
+    """A GET or HEAD of a route that answers without a token (a 404 or 405 is not one)."""
+    resource = request.match_info.route.resource
+    name = resource.name if resource is not None else None
+    return request.method in ("GET", "HEAD") and name in public_routes(settings)

@@ -55,7 +55,7 @@ def _operation(r: RouteDef, schema: dict[Any, dict[str, Any]]) -> dict[str, Any]
             entry["explode"] = True
         params.append(entry)
     if r.response is not None:
-        ok = _content(r.content_type, schema[r.response])
+        ok = _content(r.content_type, _schema_of(r.response, schema))
     elif r.content_type == "text/event-stream":
         ok = _content(r.content_type, {"type": "string", "description": "id/event/data records"})
     elif r.content_type == "application/json":

@@ -20,16 +20,18 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from daemon.api import sse
-from daemon.api.auth import AUTH, IDENTITY, Op, check
+from daemon.api.auth import AUTH, IDENTITY, Op, authenticated, check
 from daemon.api.protocol import ControlService, FindFilter
 from daemon.api.trace import trace_id_of
 from daemon.api.wire import (
     CreateBody,
     PlanView,
+    ProbeHealthView,
     RetryBody,
     SkipBody,
     VersionView,
     plan_view,
+    probe_health,
 )
 from daemon.errors import BadRequest, NotFound, PayloadTooLarge, Unavailable
 from daemon.model import (
@@ -336,7 +338,10 @@ async def version(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     view = _svc(request).health()
-    return _json(view, 200 if view.ok else 503)
+    status = 200 if view.ok else 503
+    if not authenticated(request):  # a probe without a token: no paths, no error texts
+        return _json(probe_health(view), status)
+    return _json(view, status)
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -470,9 +475,9 @@ ROUTES: tuple[RouteDef, ...] = (
         "GET",
         f"{PREFIX}/health",
         health,
-        "Health; 503 when not ok",
-        HealthView,
-        extra_responses={503: HealthView},
+        "Health; 503 when not ok. Without a token (auth enabled): only ok and a reason",
+        (HealthView, ProbeHealthView),
+        extra_responses={503: (HealthView, ProbeHealthView)},
     ),
     RouteDef("GET", f"{PREFIX}/openapi.json", openapi, "This document (OpenAPI 3.1)"),
     RouteDef("GET", "/metrics", metrics, "Prometheus metrics", content_type="text/plain"),

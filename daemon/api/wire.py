@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import msgspec
 
 from daemon.chain import Chain, JobKind
+from daemon.model import HealthView
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 JobId = Annotated[str, msgspec.Meta(pattern=r"^j[0-9]{1,9}$")]
@@ -55,6 +56,27 @@ class ErrorBody(_Out):
 class VersionView(_Out):
     version: str
     api: str = "v1"
+
+
+class ProbeHealthView(_Out, omit_defaults=True, forbid_unknown_fields=True):
+    """`GET /api/v1/health` for a caller without a token (auth enabled): no paths, no error
+    texts, no counts; `reason` is set when not ok. The full view needs an identity."""
+
+    ok: bool
+    reason: str | None = None
+
+
+def probe_health(view: HealthView) -> ProbeHealthView:
+    """The coarse view of `view`: ok, or the first reason it is not."""
+    if view.ok:
+        return ProbeHealthView(ok=True)
+    if view.shutting_down:
+        reason = "shutting down"
+    elif not view.journal_writable:
+        reason = "journal not writable"
+    else:
+        reason = "event loop lagging"
+    return ProbeHealthView(ok=False, reason=reason)
 
 
 class PlanJob(_Out):

@@ -43,6 +43,12 @@ class JobContext(msgspec.Struct, kw_only=True):
     output_limit: int = 64 * 1024
     #: seconds between SIGTERM and SIGKILL
     stop_grace: float = 10.0
+    #: where jobs make their temporary files (None = the system's temporary directory)
+    tmp_dir: str | None = None
+    #: real path of the daemon's journal and id of its boot ("" outside a daemon): shell jobs
+    #: carry them in their environment (daemon.orphans)
+    journal: str = ""
+    boot_id: str = ""
 
 
 class JobResult(msgspec.Struct, kw_only=True):

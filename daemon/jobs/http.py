@@ -3,7 +3,9 @@
 ``with:`` keys: `url` (required), `method` (default GET), `body` (a string is sent as it is; a
 mapping or list is sent as JSON), `headers` (mapping), `expect` (a status code or a list of them;
 default: any 2xx), `timeout` (Go duration, default 30s, for the whole exchange). ``{{name}}`` is
-substituted in the url, in body strings (also inside a mapping body) and in header values.
+substituted in the url, in body strings (also inside a mapping body) and in header values. In
+the url a value is percent-encoded for where it lands (:func:`daemon.jobs.template.render_url`)
+and the URL is sent as rendered: the escapes reach the server unchanged.
 
 The response body (its last ``ctx.output_limit`` bytes) becomes stdout, a summary line with the
 status becomes stderr, and the status code is the try's `exit`. When the body is a JSON object,
@@ -18,20 +20,24 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
+import yarl
 
 from daemon.duration import DurationError, format_duration, parse_duration
 from daemon.jobs.base import Job, JobContext, JobResult, OutputTail, check_duration, scalar_text
-from daemon.jobs.template import TemplateError, render_value
+from daemon.jobs.template import TemplateError, render_url, render_value
 from daemon.model import JobState
 
 DEFAULT_TIMEOUT = 30.0
 #: Largest response body parsed as JSON for outputs, in bytes.
 MAX_JSON_BODY = 4 * 1024 * 1024
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: What a URL may hold as it is: letters, digits, `-._~`, the reserved characters and `%`.
+_URL_SAFE = "!#$%&'()*+,/:;=?@~"
+_BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class HttpError(ValueError):
@@ -78,6 +84,41 @@ def _string(value: Any, what: str, args: Mapping[str, Any]) -> str:
     return out
 
 
+def _sendable(text: str) -> str:
+    """`text` with what may not appear in a URL (spaces, non-ASCII, `<>"{}|\\^``, a `%` that
+    starts no escape) percent-encoded; escapes and reserved characters stay as they are."""
+    return quote(_BARE_PERCENT.sub("%25", text), safe=_URL_SAFE, errors="surrogatepass")
+
+
+def _url(value: Any, args: Mapping[str, Any]) -> str:
+    """The rendered url, as it goes on the wire (international host names in IDNA)."""
+    text = scalar_text(value)
+    if text is None:
+        raise HttpError(f"url: expected a string, got {type(value).__name__}")
+    try:
+        url = render_url(text, args)
+    except TemplateError as exc:
+        raise HttpError(f"url: {exc}") from None
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise HttpError(f"url {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise HttpError(f"url {url!r}: expected an http:// or https:// URL with a host")
+    netloc = parts.netloc
+    if not netloc.isascii():
+        userinfo, at, hostport = netloc.rpartition("@")
+        host, colon, port = hostport.partition(":")
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise HttpError(f"url {url!r}: {host!r} is not a valid host name") from None
+        netloc = _sendable(userinfo) + at + host + colon + port
+    path, query, fragment = (_sendable(p) for p in (parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, path, query, fragment))
+
+
 def _headers(value: Any, args: Mapping[str, Any]) -> dict[str, str]:
     if value is None:
         return {}
@@ -105,10 +146,7 @@ def _body(value: Any, headers: dict[str, str], args: Mapping[str, Any]) -> str |
 
 
 def _request(with_: Mapping[str, Any], args: Mapping[str, Any]) -> _Request:
-    url = _string(with_.get("url"), "url", args)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise HttpError(f"url {url!r}: expected an http:// or https:// URL with a host")
+    url = _url(with_.get("url"), args)
     method = _string(with_.get("method", "GET"), "method", args).upper()
     if not _TOKEN.match(method):
         raise HttpError(f"method {method!r} is not a valid HTTP method")
@@ -200,7 +238,10 @@ class HttpJob(Job):
             async with asyncio.timeout(req.timeout), aiohttp.ClientSession() as session:
                 self._state = "connecting"
                 async with session.request(
-                    req.method, req.url, headers=req.headers, data=req.body
+                    req.method,
+                    yarl.URL(req.url, encoded=True),  # as rendered: yarl would undo escapes
+                    headers=req.headers,
+                    data=req.body,
                 ) as resp:
                     self._state = f"reading the response ({resp.status})"
                     tail = OutputTail(limit)

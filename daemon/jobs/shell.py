@@ -10,7 +10,11 @@ for every arg (non-alphanumerics of the name as ``_``; non-string values as JSON
 ``SPIND_ARGS`` (every arg, as a JSON object), ``SPIND_REQUEST_ID``, ``SPIND_JOB_ID``,
 ``SPIND_TRY``, ``SPIND_TRY_KEY`` and ``SPIND_OUTPUT``: a fresh file where the command may write
 ``key=value`` lines, which become the try's outputs (a value that is valid JSON becomes that
-value, anything else the raw string; blank lines and ``#`` comments are ignored).
+value, anything else the raw string; blank lines and ``#`` comments are ignored). The file is
+made in ``ctx.tmp_dir`` (the daemon's ``<journal>.tmp``) and removed when the try ends. Under a
+daemon, ``SPIND_JOURNAL_PATH`` and ``SPIND_BOOT_ID`` name the journal and boot that ran the try:
+with the try's ids they let a later boot find the processes a crash left running
+(:mod:`daemon.orphans`).
 
 The child runs in its own session (so its whole process group can be signalled); stdout and
 stderr keep their last ``ctx.output_limit`` bytes each. ``timeout`` stops the group and fails
@@ -46,12 +50,15 @@ from daemon.jobs.base import (
 )
 from daemon.jobs.template import TemplateError, render
 from daemon.model import JobState
+from daemon.orphans import MARKER_ENV, marker_env
 
 #: Seconds to keep reading stdout/stderr after the program exited (a child left behind may
 #: hold them open).
 DRAIN_TIMEOUT = 2.0
 #: Largest outputs file read, in bytes.
 MAX_OUTPUT_FILE = 1024 * 1024
+#: Name prefix of the outputs files (`$SPIND_OUTPUT`).
+OUTPUT_PREFIX = "spind-output-"
 #: Environment variables the job sets itself (besides SPIND_ARG_*).
 RESERVED_ENV = frozenset(
     {
@@ -61,6 +68,7 @@ RESERVED_ENV = frozenset(
         "SPIND_TRY",
         "SPIND_TRY_KEY",
         "SPIND_OUTPUT",
+        *MARKER_ENV,
     }
 )
 
@@ -167,6 +175,10 @@ def _env(with_env: Any, ctx: JobContext, output_path: str) -> dict[str, str]:
     env["SPIND_TRY"] = str(ctx.try_no)
     env["SPIND_TRY_KEY"] = ctx.try_key
     env["SPIND_OUTPUT"] = output_path
+    for name in MARKER_ENV:  # only the daemon running this try may set them
+        env.pop(name, None)
+    if ctx.journal and ctx.boot_id:
+        env.update(marker_env(ctx.journal, ctx.boot_id))
     return env
 
 
@@ -273,7 +285,12 @@ class ShellJob(Job):
     async def run(self, ctx: JobContext) -> JobResult:
         if self._stop.is_set():
             return JobResult(state=JobState.STOPPED, error="stopped before it started")
-        fd, output_path = tempfile.mkstemp(prefix="spind-output-", suffix=".txt")
+        try:
+            fd, output_path = tempfile.mkstemp(prefix=OUTPUT_PREFIX, suffix=".txt", dir=ctx.tmp_dir)
+        except OSError as exc:
+            error = f"cannot create the outputs file in {ctx.tmp_dir or 'the temp dir'}: {exc}"
+            self._note = f"not started: {error}"
+            return JobResult(state=JobState.FAIL, error=error)
         os.close(fd)
         try:
             try:

@@ -21,6 +21,7 @@ from daemon.journal.rows import (
     LoadedRequest,
     RequestFilter,
     RequestRecord,
+    TryEnd,
     WriterStats,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "LoadedRequest",
     "RequestFilter",
     "RequestRecord",
+    "TryEnd",
     "WriterStats",
 ]
 

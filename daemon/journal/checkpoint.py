@@ -68,7 +68,9 @@ class Checkpointer:
         return cls(db)
 
     def start(self, commits: Callable[[], int]) -> None:
-        """Checkpoint every INTERVAL in which `commits()` (the writer's count) moved."""
+        """Checkpoint every INTERVAL in which `commits()` (the writer's count) moved, and
+        every INTERVAL while the last checkpoint failed (so that health recovers when the
+        fault clears, even if nothing commits any more)."""
         self._commits = commits
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
@@ -85,8 +87,8 @@ class Checkpointer:
         while True:
             await asyncio.sleep(INTERVAL)
             now = self._commits()
-            if now == seen:
-                continue
+            if now == seen and not self.error:
+                continue  # nothing new; a failed checkpoint is tried again until it succeeds
             seen = now
             try:
                 await self.checkpoint()

@@ -191,6 +191,10 @@ ORDER BY finish_order"""
 RUNNING_TRIES = """SELECT job_id, try, boot_id FROM job_log
 WHERE request_id = :request_id AND state = 'RUNNING' ORDER BY started_at, job_id, try"""
 
+#: Tries journaled RUNNING by another boot than :boot_id (at start: those a crash interrupted).
+STALE_RUNNING_TRIES = """SELECT request_id, job_id, try, boot_id FROM job_log
+WHERE state = 'RUNNING' AND boot_id != :boot_id"""
+
 UNFINISHED_REQUESTS = """SELECT id FROM requests
 WHERE state IN ('PENDING', 'RUNNING', 'SUSPENDED') ORDER BY created_at, id"""
 

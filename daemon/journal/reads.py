@@ -100,6 +100,11 @@ def unfinished_request_ids(conn: sqlite3.Connection) -> list[str]:
     return [str(r[0]) for r in conn.execute(q.UNFINISHED_REQUESTS)]
 
 
+def stale_running_tries(conn: sqlite3.Connection, boot_id: str) -> list[tuple[str, str, int, str]]:
+    rows = conn.execute(q.STALE_RUNNING_TRIES, {"boot_id": boot_id})
+    return [(r["request_id"], r["job_id"], r["try"], r["boot_id"]) for r in rows]
+
+
 def filter_params(f: RequestFilter) -> dict[str, Any]:
     return {
         "type": f.type,

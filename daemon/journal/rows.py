@@ -92,6 +92,22 @@ class WriterStats(msgspec.Struct, kw_only=True):
     last_error: str = ""
 
 
+class TryEnd(msgspec.Struct, frozen=True, kw_only=True):
+    """How one try ended, as the journal records it (`Journal.tries_ended`)."""
+
+    job_id: str
+    try_no: int
+    log_state: JobState
+    job_state: JobState
+    exit: int | None = None
+    error: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    outputs: dict[str, Any] = {}
+    #: (job id, try, seq_try) of jobs to start in the same transaction (`Journal.job_finished`)
+    then_start: tuple[tuple[str, int, int], ...] = ()
+
+
 _json_encoder = msgspec.json.Encoder()
 _dict_decoder = msgspec.json.Decoder(dict[str, Any])
 _chain_decoder = msgspec.json.Decoder(Chain)

@@ -30,6 +30,7 @@ from daemon.journal.rows import (
     LoadedRequest,
     RequestFilter,
     RequestRecord,
+    TryEnd,
     WriterStats,
 )
 from daemon.journal.writer import Writer, run_in_connection_thread
@@ -41,6 +42,7 @@ __all__ = [
     "LoadedRequest",
     "RequestFilter",
     "RequestRecord",
+    "TryEnd",
     "WriterStats",
 ]
 
@@ -158,6 +160,13 @@ class Journal:
         write = writes.make_job_started(request_id, job_id, try_no, seq_try, at, self.boot_id)
         return await self._writer.submit(write)
 
+    async def jobs_started(
+        self, request_id: str, starts: Sequence[tuple[str, int, int]], *, at: float
+    ) -> list[Event]:
+        """`job_started` for several jobs of a request, (job id, try, seq_try) each, in one
+        write: every RUNNING row commits or none does."""
+        return await self._writer.submit(self._starts(request_id, starts, at))
+
     async def job_finished(
         self,
         request_id: str,
@@ -180,10 +189,9 @@ class Journal:
         same transaction: a successor's RUNNING row commits with its predecessor's COMPLETE
         row, or neither does; one commit per job of a line instead of two.
         """
-        write = writes.make_job_finished(
-            request_id,
-            job_id,
-            try_no,
+        end = TryEnd(
+            job_id=job_id,
+            try_no=try_no,
             log_state=log_state,
             job_state=job_state,
             exit=exit,
@@ -191,15 +199,44 @@ class Journal:
             stdout=stdout,
             stderr=stderr,
             outputs=outputs,
-            at=at,
+            then_start=tuple(then_start),
         )
-        if then_start:
-            starts = [
-                writes.make_job_started(request_id, jid, t, seq, at, self.boot_id)
-                for jid, t, seq in then_start
-            ]
-            write = writes.combine(write, *starts)
-        return await self._writer.submit(write)
+        return await self.tries_ended(request_id, [end], at=at)
+
+    async def tries_ended(
+        self, request_id: str, ends: Sequence[TryEnd], *, at: float
+    ) -> list[Event]:
+        """`job_finished` for several tries of a request in one write: all of them (and the
+        jobs each starts) commit, or none does. The events of all, in order."""
+        parts: list[writes.Write] = []
+        for end in ends:
+            parts.append(
+                writes.make_job_finished(
+                    request_id,
+                    end.job_id,
+                    end.try_no,
+                    log_state=end.log_state,
+                    job_state=end.job_state,
+                    exit=end.exit,
+                    error=end.error,
+                    stdout=end.stdout,
+                    stderr=end.stderr,
+                    outputs=end.outputs,
+                    at=at,
+                )
+            )
+            if end.then_start:
+                parts.append(self._starts(request_id, end.then_start, at))
+        return await self._writer.submit(parts[0] if len(parts) == 1 else writes.combine(*parts))
+
+    def _starts(
+        self, request_id: str, starts: Sequence[tuple[str, int, int]], at: float
+    ) -> writes.Write:
+        parts = [
+            writes.make_job_started(request_id, jid, t, seq, at, self.boot_id)
+            for jid, t, seq in starts
+        ]
+        return parts[0] if len(parts) == 1 else writes.combine(*parts)
 
     async def interrupt_try(
         self,
@@ -271,6 +308,11 @@ class Journal:
     async def unfinished_request_ids(self) -> list[str]:
         """PENDING, RUNNING and SUSPENDED requests, oldest first."""
         return await self._read(reads.unfinished_request_ids)
+
+    async def stale_running_tries(self) -> list[tuple[str, str, int, str]]:
+        """(request id, job id, try, boot id) of the tries journaled RUNNING by an earlier
+        boot: at start, the tries a crash interrupted (their processes may still run)."""
+        return await self._read(partial(reads.stale_running_tries, boot_id=self.boot_id))
 
     async def get_request(self, request_id: str) -> RequestDetail | None:
         fn = partial(reads.get_request, request_id=request_id)

@@ -4,14 +4,21 @@ A caller submits a *write*: a plain function of the `sqlite3.Connection` that ru
 statements (compare-and-set updates, inserts) and returns a result, or raises. The writer
 takes whatever is waiting (up to `max_batch` writes) and commits it as ONE transaction:
 
+    BEGIN IMMEDIATE; write 1; write 2; ...; COMMIT
+
+Each caller's future resolves only after COMMIT returned. A write that raises (say
+`IllegalTransition`) fails alone; the others commit. Refusals are rare, so a batch first runs
+without savepoints; if a write raises, the whole transaction is rolled back and the batch runs
+again with one savepoint per write:
+
     BEGIN IMMEDIATE
       SAVEPOINT; write 1; RELEASE          (or ROLLBACK TO: only write 1 fails)
       SAVEPOINT; write 2; RELEASE
       ...
     COMMIT
 
-Each caller's future resolves only after COMMIT returned. A write that raises (say
-`IllegalTransition`) is rolled back to its savepoint and fails alone; the others commit. A
+(writes are functions of the connection over values fixed when they were made, so running one
+twice is safe). A
 fault of the database itself (disk full, read-only file, I/O error), or a failed COMMIT,
 rolls back the whole batch and fails every future in it with `JournalUnavailable`; the
 writer records the error and keeps serving later batches, so the daemon recovers when the
@@ -103,6 +110,25 @@ def _run_item(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any])
     return (True, result)
 
 
+class _Refused(Exception):
+    """A write of an optimistic (savepoint-free) batch raised: run the batch again with
+    savepoints."""
+
+
+def _run_optimistic(
+    conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
+) -> list[_Outcome]:
+    outcomes: list[_Outcome] = []
+    for fn in fns:
+        try:
+            outcomes.append((True, fn(conn)))
+        except Exception as exc:
+            if is_fault(exc) or not conn.in_transaction:
+                raise
+            raise _Refused from exc
+    return outcomes
+
+
 def run_batch(
     conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
 ) -> tuple[list[_Outcome], float]:
@@ -110,7 +136,13 @@ def run_batch(
     start = time.perf_counter()
     conn.execute(q.BEGIN_IMMEDIATE)
     try:
-        outcomes = [_run_item(conn, fn) for fn in fns]
+        try:
+            outcomes = _run_optimistic(conn, fns)
+        except _Refused:
+            # one write was refused: undo everything, then isolate each write in a savepoint
+            conn.execute(q.ROLLBACK)
+            conn.execute(q.BEGIN_IMMEDIATE)
+            outcomes = [_run_item(conn, fn) for fn in fns]
         conn.execute(q.COMMIT)
     except BaseException:
         if conn.in_transaction:

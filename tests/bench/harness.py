@@ -13,7 +13,7 @@ import contextlib
 import os
 import resource
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from daemon import __version__
 from daemon.builder import Limits
 from daemon.events import EventBus
 from daemon.jobs.registry import JobFactory
-from daemon.journal.store import Journal
+from daemon.journal.store import Journal, TryEnd
 from daemon.logsetup import setup_logging
 from daemon.metrics import Metrics
 from daemon.model import JobState, RequestState
@@ -67,26 +67,41 @@ class Probe:
     ended: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def install(self, journal: Journal) -> None:
-        started, finished = journal.job_started, journal.job_finished
+        """Wrap the journal's try writes (one job's or several jobs' at once)."""
+        started, many_started = journal.job_started, journal.jobs_started
+        ended = journal.tries_ended
 
         async def job_started(request_id: str, job_id: str, *args: Any, **kw: Any) -> Any:
             events = await started(request_id, job_id, *args, **kw)
             self.started[(request_id, job_id)] = time.perf_counter()
             return events
 
-        async def job_finished(request_id: str, job_id: str, *args: Any, **kw: Any) -> Any:
-            if kw.get("log_state") == JobState.COMPLETE:
-                self.ended[(request_id, job_id)] = time.perf_counter()
-            events = await finished(request_id, job_id, *args, **kw)
+        async def jobs_started(
+            request_id: str, starts: Sequence[tuple[str, int, int]], **kw: Any
+        ) -> Any:
+            events = await many_started(request_id, starts, **kw)
             now = time.perf_counter()
-            if kw.get("log_state") == JobState.COMPLETE:
-                self.completed[(request_id, job_id)] = now
-            for started_id, _try, _seq in kw.get("then_start", ()):
-                self.started[(request_id, started_id)] = now  # in the same commit
+            for job_id, _try, _seq in starts:
+                self.started[(request_id, job_id)] = now
+            return events
+
+        async def tries_ended(request_id: str, ends: Sequence[TryEnd], **kw: Any) -> Any:
+            asked = time.perf_counter()
+            for end in ends:
+                if end.log_state == JobState.COMPLETE:
+                    self.ended[(request_id, end.job_id)] = asked
+            events = await ended(request_id, ends, **kw)
+            now = time.perf_counter()
+            for end in ends:
+                if end.log_state == JobState.COMPLETE:
+                    self.completed[(request_id, end.job_id)] = now
+                for started_id, _try, _seq in end.then_start:
+                    self.started[(request_id, started_id)] = now  # in the same commit
             return events
 
         journal.job_started = job_started  # type: ignore[method-assign]
-        journal.job_finished = job_finished  # type: ignore[method-assign]
+        journal.jobs_started = jobs_started  # type: ignore[method-assign]
+        journal.tries_ended = tries_ended  # type: ignore[method-assign]
 
     def handoffs_ms(
         self, request_id: str, preds: dict[str, list[str]], *, since_end: bool = False

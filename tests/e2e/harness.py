@@ -7,16 +7,18 @@ real signals (SIGTERM, SIGKILL, SIGHUP) and read the journal file directly with 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,6 +249,27 @@ class Daemon:
         conn = sqlite3.connect(f"file:{self.journal}?mode=ro", uri=True, timeout=10)
         conn.row_factory = sqlite3.Row
         return conn
+
+
+def no_500(d: Daemon) -> None:
+    """No call answered with a 5xx other than 503, and no unexpected error was logged."""
+    log = d.log()
+    assert "unexpected error" not in log, log[-4000:]
+    access = re.findall(r"http_access\] (\S+ \S+) (\d{3}) ", log)
+    assert access
+    assert [a for a in access if a[1].startswith("5") and a[1] != "503"] == []
+
+
+@contextlib.contextmanager
+def serving(daemon: Daemon) -> Iterator[Daemon]:
+    """Start `daemon` for a module's tests; at the end check that no call got a 5xx, then
+    stop it."""
+    daemon.start()
+    try:
+        yield daemon
+        no_500(daemon)
+    finally:
+        daemon.close()
 
 
 def ledger_lines(path: Path) -> list[list[str]]:

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import pytest
 
 from daemon.api.routes import ROUTES
-from tests.e2e.harness import Daemon, Reply, eventually, free_port
+from tests.e2e.harness import Daemon, Reply, eventually, free_port, no_500, serving
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -195,25 +195,12 @@ TRANSPORTS = [
 ]
 
 
-def no_500(d: Daemon) -> None:
-    """No call answered with a 5xx other than 503, and no unexpected error was logged."""
-    log = d.log()
-    assert "unexpected error" not in log, log[-4000:]
-    access = re.findall(r"http_access\] (\S+ \S+) (\d{3}) ", log)
-    assert access
-    assert [a for a in access if a[1].startswith("5") and a[1] != "503"] == []
-
-
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("api-real")
     daemon = Daemon(root, SPECS, port=free_port(), config=f"max_body_bytes: {MAX_BODY}\n")
-    daemon.start()
-    try:
+    with serving(daemon):
         yield daemon
-        no_500(daemon)
-    finally:
-        daemon.close()
 
 
 @pytest.fixture(params=TRANSPORTS)

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import REPO, Daemon, eventually
-from tests.e2e.test_api_real import FLAKY, SPECS, no_500
+from tests.e2e.harness import REPO, Daemon, eventually, serving
+from tests.e2e.test_api_real import FLAKY, SPECS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,12 +56,8 @@ sequences:
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     daemon = Daemon(tmp_path_factory.mktemp("cli-real"), CLI_SPECS)
-    daemon.start()
-    try:
+    with serving(daemon):
         yield daemon
-        no_500(daemon)
-    finally:
-        daemon.close()
 
 
 @dataclass(frozen=True)

@@ -81,5 +81,5 @@ async def test_one_access_log_line_per_call_with_the_trace_id(srv: Served) -> No
 
 async def test_401_responses_carry_the_trace_id(tmp_path: Any) -> None:
     async with serve(str(tmp_path), auth=AuthSettings(enabled=True)) as s, s.tcp() as c:
-        r = await call(c, "GET", "/api/v1/version", headers={"X-Request-Id": "who-1"})
+        r = await call(c, "GET", "/api/v1/requests", headers={"X-Request-Id": "who-1"})
     assert (r.status, r.headers["x-request-id"]) == (401, "who-1")

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from daemon.jobs import JobContext, JobFactory
-from daemon.jobs.http import HttpJob
+from daemon.jobs.http import HttpError, HttpJob, _url
 from daemon.model import JobState
 
 FACTORY = JobFactory()
@@ -34,6 +34,7 @@ class Server:
         self.release = asyncio.Event()
         self.slow_started = asyncio.Event()
         self.base = ""
+        self.seen: list[str] = []
 
     async def ok(self, request: web.Request) -> web.Response:
         return web.json_response({"a": 1, "hosts": ["x", "y"]})
@@ -56,6 +57,13 @@ class Server:
                 "content_type": request.headers.get("Content-Type", ""),
                 "token": request.headers.get("X-Token", ""),
             }
+        )
+
+    async def raw(self, request: web.Request) -> web.Response:
+        """What arrived, undecoded: the request target and the query's (key, value) pairs."""
+        self.seen.append(request.raw_path)
+        return web.json_response(
+            {"raw_path": request.raw_path, "query": [list(kv) for kv in request.query.items()]}
         )
 
     async def status(self, request: web.Request) -> web.Response:
@@ -82,6 +90,7 @@ async def server() -> AsyncIterator[Server]:
     app.router.add_get("/status/{code}", srv.status)
     app.router.add_get("/slow", srv.slow)
     app.router.add_get("/redirect", srv.redirect)
+    app.router.add_get("/raw/{tail:.*}", srv.raw)
     runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -164,6 +173,94 @@ async def test_templates_and_json_body(server: Server) -> None:
     assert result.outputs["content_type"] == "application/json"
     assert result.outputs["token"] == "t-s3"
     assert result.outputs["body"] == '{"hosts":"db1","n":["3",2],"keep":true}'
+
+
+EVIL = "a b/../x?y=1#z"
+EVIL_SENT = "a%20b%2F..%2Fx%3Fy%3D1%23z"
+
+
+@pytest.mark.parametrize(
+    ("url", "args", "raw_path", "query"),
+    [
+        # a value in the path stays one segment; in the query one value; the fragment is not sent
+        (
+            "{{base}}/raw/items/{{id}}/info?q={{id}}&k={{amp}}#{{id}}",
+            {"id": EVIL, "amp": "a&b=c"},
+            f"/raw/items/{EVIL_SENT}/info?q={EVIL_SENT}&k=a%26b%3Dc",
+            [["q", EVIL], ["k", "a&b=c"]],
+        ),
+        # `..;` (a path traversal to some servers) and an escape in the value stay encoded
+        (
+            "{{base}}/raw/{{a}}/{{b}}",
+            {"a": "..;", "b": "%2F+é"},
+            "/raw/..%3B/%252F%2B%C3%A9",
+            [],
+        ),
+        # the literal text as written: its space made sendable, its escapes kept
+        (
+            "{{base}}/raw/a b/%2F/{{n}}?x=%26&y=1+2",
+            {"n": 7},
+            "/raw/a%20b/%2F/7?x=%26&y=1+2",
+            [["x", "&"], ["y", "1 2"]],
+        ),
+    ],
+)
+async def test_url_values_arrive_encoded_for_where_they_land(
+    server: Server, url: str, args: dict[str, Any], raw_path: str, query: list[list[str]]
+) -> None:
+    result = await http({"url": url}).run(ctx({"base": server.base, **args}))
+    assert result.state is JobState.COMPLETE, result.error
+    assert result.outputs == {"raw_path": raw_path, "query": query}
+    assert server.seen == [raw_path]
+
+
+@pytest.mark.parametrize(
+    ("url", "args", "error"),
+    [
+        ("{{base}}/raw/{{d}}/admin", {"d": ".."}, "url: {{d}} would make the URL path segment"),
+        ("http://{{h}}/raw/x", {"h": "evil.example/x?"}, "url: {{h}} stands in the URL's host"),
+        ("http://127.0.0.1:99999/raw/x", {}, "Port out of range"),
+    ],
+)
+async def test_refused_urls_send_nothing(
+    server: Server, url: str, args: dict[str, Any], error: str
+) -> None:
+    result = await http({"url": url}).run(ctx({"base": server.base, **args}))
+    assert result.state is JobState.FAIL
+    assert error in result.error
+    assert server.seen == []
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("http://h/x?q=1#f", "http://h/x?q=1#f"),
+        # what may not appear in a URL is encoded; escapes and reserved characters are kept
+        ("http://h/x é?q=ü&r=%2F", "http://h/x%20%C3%A9?q=%C3%BC&r=%2F"),
+        ("http://h/100%/x%zz", "http://h/100%25/x%25zz"),
+        ("http://h/[x]", "http://h/%5Bx%5D"),
+        # an international host name goes out in IDNA
+        ("http://bücher.example:8080/x", "http://xn--bcher-kva.example:8080/x"),
+        ("http://[::1]:8080/x", "http://[::1]:8080/x"),
+    ],
+)
+def test_literal_url_text_is_made_sendable(url: str, sent: str) -> None:
+    assert _url(url, {}) == sent
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("http://a..b.ü/", "is not a valid host name"),
+        ("http://h:http/", "Port could not be cast"),
+        ("mailto:x@h", "expected an http:// or https:// URL"),
+        (["http://h/"], "url: expected a string, got list"),
+    ],
+)
+def test_bad_urls(url: Any, error: str) -> None:
+    with pytest.raises(HttpError) as info:
+        _url(url, {})
+    assert error in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -234,11 +234,13 @@ async def test_interrupted_try_of_older_boot(tmp_path: Path) -> None:
     old_boot = j.boot_id
     await j.create_request(make_record("R1"), make_chain(2))
     await j.job_started("R1", "j1", 1, 1, T0)
+    assert await j.stale_running_tries() == []  # this boot's own try is not stale
     await j.close()
 
     j = await open_journal(path)
     try:
         assert j.boot_id != old_boot
+        assert await j.stale_running_tries() == [("R1", "j1", 1, old_boot)]
         loaded = await j.load_request("R1")
         assert loaded is not None
         assert loaded.running_tries == [("j1", 1, old_boot)]
@@ -252,6 +254,7 @@ async def test_interrupted_try_of_older_boot(tmp_path: Path) -> None:
         assert loaded.jobs["j1"].state == JobState.PENDING
         assert loaded.jobs["j1"].tries == 1  # the try counted: the next one is try 2
         await j.job_started("R1", "j1", 2, 1, T0 + 1)
+        assert await j.stale_running_tries() == []  # interrupted now, and try 2 is ours
         log = await j.job_log("R1")
         assert [(r.try_, r.state, r.boot_id) for r in log] == [
             (1, JobState.INTERRUPTED, old_boot),

@@ -117,6 +117,30 @@ async def test_a_failing_checkpoint_makes_the_journal_unhealthy(
         await j.close()
 
 
+async def test_a_failed_checkpoint_is_retried_without_new_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fault clears after the last commit: health must recover by itself (the
+    checkpointer tries again while it is failing, not only when something commits)."""
+    monkeypatch.setattr(checkpoint, "INTERVAL", 0.02)
+    real = checkpoint._checkpoint
+
+    def broken(conn: sqlite3.Connection) -> tuple[int, int, int]:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    j = await _journal(tmp_path / "j.db")
+    try:
+        monkeypatch.setattr(checkpoint, "_checkpoint", broken)
+        await j.create_request(make_record("R1"), make_chain(3))
+        await _until(lambda: not j.stats.healthy)
+        commits = j.stats.commits
+        monkeypatch.setattr(checkpoint, "_checkpoint", real)
+        await _until(lambda: j.stats.healthy)
+        assert j.stats.commits == commits  # recovered with nothing committed since
+    finally:
+        await j.close()
+
+
 async def test_finish_order_uses_its_index(tmp_path: Path) -> None:
     """Numbering a completion reads MAX(finish_order) of one request through an index, not
     by scanning the request's jobs (which made a fan-out of n jobs cost n^2)."""

@@ -18,6 +18,7 @@ from daemon.jobs import JobContext, JobFactory
 from daemon.jobs import shell as shell_mod
 from daemon.jobs.shell import ShellJob
 from daemon.model import JobState
+from daemon.orphans import ENV_BOOT, ENV_JOURNAL
 
 FACTORY = JobFactory()
 PY = sys.executable
@@ -150,6 +151,50 @@ async def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["EXTRA"] == "x y!"
     assert env["DAEMON_VAR"] == "inherited"
     assert "SPIND_ARG_stale" not in env
+
+
+@pytest.mark.parametrize(
+    ("kw", "with_env", "journal", "boot"),
+    [
+        ({}, {}, None, None),  # outside a daemon: no marker
+        ({"journal": "/j/spind.db", "boot_id": "B1"}, {}, "/j/spind.db", "B1"),
+        # only the daemon sets them: not `with.env`, not the daemon's own environment
+        ({"journal": "/j/spind.db", "boot_id": "B1"}, {ENV_BOOT: "forged"}, "/j/spind.db", "B1"),
+        ({}, {ENV_JOURNAL: "/forged", ENV_BOOT: "forged"}, None, None),
+    ],
+)
+async def test_marker_environment(
+    monkeypatch: pytest.MonkeyPatch,
+    kw: dict[str, str],
+    with_env: dict[str, str],
+    journal: str | None,
+    boot: str | None,
+) -> None:
+    monkeypatch.setenv(ENV_JOURNAL, "/inherited/spind.db")
+    monkeypatch.setenv(ENV_BOOT, "inherited")
+    script = "import json, os; print(json.dumps(dict(os.environ)))"
+    result = await shell({"cmd": [PY, "-c", script], "env": with_env}).run(ctx(**kw))
+    assert result.state is JobState.COMPLETE, result.error
+    env = json.loads(result.stdout)
+    assert (env.get(ENV_JOURNAL), env.get(ENV_BOOT)) == (journal, boot)
+
+
+async def test_outputs_file_lives_in_tmp_dir(tmp_path: Path) -> None:
+    job = shell({"cmd": 'printf %s "$SPIND_OUTPUT"; echo "k=1" > "$SPIND_OUTPUT"'})
+    result = await job.run(ctx(tmp_dir=str(tmp_path)))
+    assert result.state is JobState.COMPLETE, result.error
+    assert result.outputs == {"k": 1}
+    path = Path(result.stdout)
+    assert path.parent == tmp_path and path.name.startswith(shell_mod.OUTPUT_PREFIX)
+    assert os.listdir(tmp_path) == []  # removed when the try ended
+
+
+async def test_missing_tmp_dir_is_a_clear_failure(tmp_path: Path) -> None:
+    job = shell({"cmd": ["true"]})
+    result = await job.run(ctx(tmp_dir=str(tmp_path / "gone")))
+    assert result.state is JobState.FAIL
+    assert result.error.startswith(f"cannot create the outputs file in {tmp_path / 'gone'}")
+    assert job.status() == f"not started: {result.error}"
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ ACLS = [
     ACL(role="deployers", ops=["start", "stop"]),
     ACL(role="starters", ops=["start"]),
     ACL(role="owners", admin=True),
-    ACL(role="ops-words", ops="admin"),
+    ACL(role="ops-words", ops=["admin"]),
 ]
 
 
@@ -58,7 +58,8 @@ ACLS = [
         ("carol", Op.STOP, ACLS, False),
         ("carol", Op.READ, ACLS, True),
         ("erin", Op.STOP, ACLS, True),  # admin: true
-        ("frank", Op.STOP, ACLS, True),  # ops: admin
+        ("frank", Op.STOP, ACLS, False),  # ops: [admin]: not an op, grants nothing
+        ("frank", Op.START, ACLS, False),
         ("dave", Op.STOP, ACLS, True),  # config admin role
         ("dave", Op.START, None, True),  # config admins even on unknown types
         ("carol", Op.START, [], True),  # no ACL: open to authenticated users
