@@ -636,7 +636,7 @@ class Traverser:
         self._submit(what, self._ends_write([e.end for e in ends]), done, split=alone)
 
     def _ends_write(self, ends: list[TryEnd]) -> Callable[[], Awaitable[list[Event]]]:
-        return lambda: self.env.journal.tries_ended(self.rid, ends, at=self.env.now())
+        return lambda: self.env.journal.queue_tries_ended(self.rid, ends, at=self.env.now())
 
     def _write(
         self,
@@ -675,12 +675,16 @@ class Traverser:
                 refused()
             then()
 
-        async def go() -> None:
+        async def go(first: Awaitable[Any] | None) -> None:
             nonlocal was_refused
             delay = 0.2
             while True:
                 try:
-                    events = await write()
+                    if first is not None:
+                        aw, first = first, None
+                    else:
+                        aw = write()
+                    events = await aw
                     break
                 except IllegalTransition as exc:
                     # the journal disagrees with us: a bug, not a fault that clears; keep going
@@ -696,7 +700,25 @@ class Traverser:
             self.env.publish(events)
             self.post(Written(applied))
 
-        self._spawn(go(), f"write:{self.rid}:{what}")
+        try:
+            first = write()
+        except Exception as exc:  # refused before it was queued (say, the journal is closed)
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            first = failed
+        if not isinstance(first, asyncio.Future):
+            self._spawn(go(first), f"write:{self.rid}:{what}")
+            return
+
+        def committed(fut: asyncio.Future[Any]) -> None:
+            # the common case needs no task: the write committed, tell the traverser
+            if fut.cancelled() or fut.exception() is not None:
+                self._spawn(go(fut), f"write:{self.rid}:{what}")  # refusal, fault: the slow path
+                return
+            self.env.publish(fut.result())
+            self.post(Written(applied))
+
+        first.add_done_callback(committed)
 
     # ---- what a journaled end does
 

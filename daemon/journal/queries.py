@@ -68,6 +68,8 @@ INSERT_CHAIN = "INSERT INTO chains (request_id, chain) VALUES (:request_id, :cha
 INSERT_JOB = """INSERT INTO jobs (request_id, job_id, name, type, scope, kind, state)
 VALUES (:request_id, :job_id, :name, :type, :scope, :kind, 'PENDING')"""
 
+LAST_ROWID = "SELECT last_insert_rowid()"
+
 INSERT_EVENT = """INSERT INTO events (request_id, kind, state, at, job_id, try, detail)
 VALUES (:request_id, :kind, :state, :at, :job_id, :try, :detail)"""
 

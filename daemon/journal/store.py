@@ -8,6 +8,7 @@ write method returns once its transaction has committed, with the events it appe
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -165,7 +166,9 @@ class Journal:
     ) -> list[Event]:
         """`job_started` for several jobs of a request, (job id, try, seq_try) each, in one
         write: every RUNNING row commits or none does."""
-        return await self._writer.submit(self._starts(request_id, starts, at))
+        return await self._writer.submit(
+            writes.make_jobs_started(request_id, starts, at, self.boot_id)
+        )
 
     async def job_finished(
         self,
@@ -208,35 +211,21 @@ class Journal:
     ) -> list[Event]:
         """`job_finished` for several tries of a request in one write: all of them (and the
         jobs each starts) commit, or none does. The events of all, in order."""
-        parts: list[writes.Write] = []
-        for end in ends:
-            parts.append(
-                writes.make_job_finished(
-                    request_id,
-                    end.job_id,
-                    end.try_no,
-                    log_state=end.log_state,
-                    job_state=end.job_state,
-                    exit=end.exit,
-                    error=end.error,
-                    stdout=end.stdout,
-                    stderr=end.stderr,
-                    outputs=end.outputs,
-                    at=at,
-                )
-            )
-            if end.then_start:
-                parts.append(self._starts(request_id, end.then_start, at))
-        return await self._writer.submit(parts[0] if len(parts) == 1 else writes.combine(*parts))
+        return await self.queue_tries_ended(request_id, ends, at=at)
 
-    def _starts(
-        self, request_id: str, starts: Sequence[tuple[str, int, int]], at: float
-    ) -> writes.Write:
-        parts = [
-            writes.make_job_started(request_id, jid, t, seq, at, self.boot_id)
-            for jid, t, seq in starts
-        ]
-        return parts[0] if len(parts) == 1 else writes.combine(*parts)
+    def queue_tries_ended(
+        self, request_id: str, ends: Sequence[TryEnd], *, at: float
+    ) -> asyncio.Future[list[Event]]:
+        """`tries_ended` without waiting: the write is queued now (or raises now); the future
+        resolves with its events once it has committed."""
+        if len(ends) != 1:
+            return self._writer.enqueue(writes.make_tries_ended(request_id, ends, at, self.boot_id))
+        end = ends[0]
+        write = writes.make_try_ended(request_id, end, at)
+        if end.then_start:
+            starts = writes.make_jobs_started(request_id, end.then_start, at, self.boot_id)
+            write = writes.combine(write, starts)
+        return self._writer.enqueue(write)
 
     async def interrupt_try(
         self,

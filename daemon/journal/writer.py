@@ -194,13 +194,18 @@ class Writer:
 
         A caller cancelled while waiting does not withdraw the write: it may still commit.
         """
+        return await self.enqueue(fn)
+
+    def enqueue(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue a write; a future of its result, resolved once the batch holding it has
+        committed (for callers that react in a callback instead of a task of their own)."""
         if self._closing:
             raise JournalUnavailable("the journal is closed")
         if self._task is None or self._task.done():
             raise JournalUnavailable("the journal writer is not running")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(fn, future))
-        return await future
+        return future
 
     async def close(self) -> None:
         """Commit every write already queued, then stop. Idempotent."""

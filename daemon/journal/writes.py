@@ -10,14 +10,14 @@ is a compare-and-set: the UPDATE names the states it may leave; a row count of 0
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, NoReturn
 
 from daemon.chain import Chain, ChainJob, ChainPatch
 from daemon.journal import queries as q
 from daemon.journal import rows
 from daemon.journal.errors import AlreadyExists, IllegalTransition, JournalError
-from daemon.journal.rows import RequestRecord
+from daemon.journal.rows import RequestRecord, TryEnd
 from daemon.model import Event, JobState, RequestState
 
 Write = Callable[[sqlite3.Connection], Any]
@@ -52,6 +52,15 @@ def _event(
     cur = conn.execute(q.INSERT_EVENT, params)
     assert cur.lastrowid is not None
     return rows.event_from_params(cur.lastrowid, params)
+
+
+def _events(conn: sqlite3.Connection, params: list[dict[str, Any]]) -> list[Event]:
+    """Append several events with one statement: AUTOINCREMENT numbers them consecutively
+    (nothing else inserts in between: this connection is the only writer)."""
+    conn.executemany(q.INSERT_EVENT, params)
+    last = conn.execute(q.LAST_ROWID).fetchone()[0]
+    first = last - len(params) + 1
+    return [rows.event_from_params(first + i, p) for i, p in enumerate(params)]
 
 
 def _job_params(request_id: str, job: ChainJob) -> dict[str, Any]:
@@ -185,6 +194,27 @@ def make_job_started(
     return write
 
 
+def _end_rows(
+    request_id: str, end: TryEnd, at: float
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The jobs row, job_log row and event parameters of a try's end (checked)."""
+    if end.log_state not in LOG_END_STATES:
+        raise ValueError(f"a try cannot end in state {end.log_state}")
+    if end.job_state not in JOB_AFTER_TRY:
+        raise ValueError(f"a job cannot be left in state {end.job_state} after a try")
+    key = {"request_id": request_id, "job_id": end.job_id}
+    job = {**key, "state": end.job_state.value, "outputs": rows.to_json(end.outputs)}
+    log: dict[str, Any] = {**key, "try": end.try_no, "state": end.log_state.value}
+    log |= {"exit": end.exit, "error": end.error, "stdout": end.stdout, "stderr": end.stderr}
+    log["at"] = at
+    detail = "" if end.log_state == end.job_state else f"try {end.log_state.value}"
+    if end.error:
+        detail = f"{detail}: {end.error}" if detail else end.error
+    state = end.job_state.value
+    event = rows.event_params(request_id, "job", state, at, end.job_id, end.try_no, _short(detail))
+    return job, log, event
+
+
 def make_job_finished(
     request_id: str,
     job_id: str,
@@ -199,27 +229,92 @@ def make_job_finished(
     outputs: dict[str, Any],
     at: float,
 ) -> Write:
-    if log_state not in LOG_END_STATES:
-        raise ValueError(f"a try cannot end in state {log_state}")
-    if job_state not in JOB_AFTER_TRY:
-        raise ValueError(f"a job cannot be left in state {job_state} after a try")
-    key = {"request_id": request_id, "job_id": job_id}
-    job = {**key, "state": job_state.value, "outputs": rows.to_json(outputs)}
-    log: dict[str, Any] = {**key, "try": try_no, "state": log_state.value, "exit": exit}
-    log |= {"error": error, "stdout": stdout, "stderr": stderr, "at": at}
-    detail = "" if log_state == job_state else f"try {log_state.value}"
-    if error:
-        detail = f"{detail}: {error}" if detail else error
+    end = TryEnd(
+        job_id=job_id,
+        try_no=try_no,
+        log_state=log_state,
+        job_state=job_state,
+        exit=exit,
+        error=error,
+        stdout=stdout,
+        stderr=stderr,
+        outputs=outputs,
+    )
+    return make_try_ended(request_id, end, at)
+
+
+def make_try_ended(request_id: str, end: TryEnd, at: float) -> Write:
+    """CAS the job RUNNING -> end.job_state and its try's log row -> end.log_state (the
+    starts of `end.then_start` are not written here: see `make_tries_ended`)."""
+    job, log, event = _end_rows(request_id, end, at)
+    job_id, job_state = end.job_id, end.job_state
 
     def write(conn: sqlite3.Connection) -> list[Event]:
         if conn.execute(q.FINISH_JOB, job).rowcount != 1:
             _refuse_job(conn, request_id, job_id, job_state.value, ["RUNNING"])
         if conn.execute(q.FINISH_LOG, log).rowcount != 1:
-            _refuse_try(conn, request_id, job_id, try_no)
-        event = _event(
-            conn, request_id, "job", job_state.value, at, job_id=job_id, try_=try_no, detail=detail
-        )
-        return [event]
+            _refuse_try(conn, request_id, job_id, end.try_no)
+        cur = conn.execute(q.INSERT_EVENT, event)
+        assert cur.lastrowid is not None
+        return [rows.event_from_params(cur.lastrowid, event)]
+
+    return write
+
+
+def make_tries_ended(request_id: str, ends: Sequence[TryEnd], at: float, boot_id: str) -> Write:
+    """The ends of several tries (and the starts each brings, see `TryEnd.then_start`) with
+    one statement per table: the fast path of a fan-out. A compare-and-set that does not hold
+    for every row refuses the whole write (the caller writes them one by one to find which)."""
+    built = [_end_rows(request_id, e, at) for e in ends]
+    jobs = [b[0] for b in built]
+    logs = [b[1] for b in built]
+    events = [b[2] for b in built]
+    starts = [s for e in ends for s in e.then_start]
+    then = make_jobs_started(request_id, starts, at, boot_id) if starts else None
+    ids = ", ".join(e.job_id for e in ends[:5]) + (", ..." if len(ends) > 5 else "")
+
+    def write(conn: sqlite3.Connection) -> list[Event]:
+        if conn.executemany(q.FINISH_JOB, jobs).rowcount != len(jobs):
+            raise IllegalTransition(f"request {request_id}: not every job was RUNNING ({ids})")
+        if conn.executemany(q.FINISH_LOG, logs).rowcount != len(logs):
+            raise IllegalTransition(f"request {request_id}: not every try was RUNNING ({ids})")
+        out = _events(conn, events)
+        if then is not None:
+            out.extend(then(conn))
+        return out
+
+    return write
+
+
+def make_jobs_started(
+    request_id: str, starts: Sequence[tuple[str, int, int]], at: float, boot_id: str
+) -> Write:
+    """`make_job_started` for several (job id, try, seq_try), one statement per table; all
+    start or none does."""
+    if len(starts) == 1:
+        (job_id, try_no, seq_try) = starts[0]
+        return make_job_started(request_id, job_id, try_no, seq_try, at, boot_id)
+    if any(t < 1 or seq < 1 for _, t, seq in starts):
+        raise ValueError("try numbers start at 1")
+    if not boot_id:
+        raise JournalError("record a boot (Journal.start_boot) before starting jobs")
+    begin = [
+        {"request_id": request_id, "job_id": j, "try": t, "seq_try": seq} for j, t, seq in starts
+    ]
+    logs = [{**row, "at": at, "boot_id": boot_id} for row in begin]
+    events = [rows.event_params(request_id, "job", "RUNNING", at, j, t) for j, t, _ in starts]
+    ids = ", ".join(j for j, _, _ in starts[:5]) + (", ..." if len(starts) > 5 else "")
+
+    def write(conn: sqlite3.Connection) -> list[Event]:
+        if conn.executemany(q.START_JOB, begin).rowcount != len(begin):
+            raise IllegalTransition(f"request {request_id}: not every job was PENDING ({ids})")
+        try:
+            conn.executemany(q.INSERT_LOG, logs)
+        except sqlite3.IntegrityError as exc:
+            raise IllegalTransition(
+                f"request {request_id}: a try was already journaled ({ids})"
+            ) from exc
+        return _events(conn, events)
 
     return write
 

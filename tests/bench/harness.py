@@ -69,7 +69,7 @@ class Probe:
     def install(self, journal: Journal) -> None:
         """Wrap the journal's try writes (one job's or several jobs' at once)."""
         started, many_started = journal.job_started, journal.jobs_started
-        ended = journal.tries_ended
+        ended = journal.queue_tries_ended
 
         async def job_started(request_id: str, job_id: str, *args: Any, **kw: Any) -> Any:
             events = await started(request_id, job_id, *args, **kw)
@@ -85,23 +85,29 @@ class Probe:
                 self.started[(request_id, job_id)] = now
             return events
 
-        async def tries_ended(request_id: str, ends: Sequence[TryEnd], **kw: Any) -> Any:
+        def queue_tries_ended(request_id: str, ends: Sequence[TryEnd], **kw: Any) -> Any:
             asked = time.perf_counter()
             for end in ends:
                 if end.log_state == JobState.COMPLETE:
                     self.ended[(request_id, end.job_id)] = asked
-            events = await ended(request_id, ends, **kw)
-            now = time.perf_counter()
-            for end in ends:
-                if end.log_state == JobState.COMPLETE:
-                    self.completed[(request_id, end.job_id)] = now
-                for started_id, _try, _seq in end.then_start:
-                    self.started[(request_id, started_id)] = now  # in the same commit
-            return events
+
+            def committed(fut: Any) -> None:
+                if fut.cancelled() or fut.exception() is not None:
+                    return
+                now = time.perf_counter()
+                for end in ends:
+                    if end.log_state == JobState.COMPLETE:
+                        self.completed[(request_id, end.job_id)] = now
+                    for started_id, _try, _seq in end.then_start:
+                        self.started[(request_id, started_id)] = now  # in the same commit
+
+            fut = ended(request_id, ends, **kw)
+            fut.add_done_callback(committed)  # runs before the traverser hears of the commit
+            return fut
 
         journal.job_started = job_started  # type: ignore[method-assign]
         journal.jobs_started = jobs_started  # type: ignore[method-assign]
-        journal.tries_ended = tries_ended  # type: ignore[method-assign]
+        journal.queue_tries_ended = queue_tries_ended  # type: ignore[method-assign]
 
     def handoffs_ms(
         self, request_id: str, preds: dict[str, list[str]], *, since_end: bool = False
