@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.journal import Journal, checkpoint
+from daemon.journal import Journal, TryEnd, checkpoint
 from daemon.journal.errors import IllegalTransition
 from daemon.journal.writer import run_in_connection_thread
 from daemon.model import JobState
@@ -155,3 +155,81 @@ async def test_finish_order_uses_its_index(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert any("jobs_finish_order" in str(row[-1]) for row in plan), plan
+
+
+def _end(jid: str, *, then: tuple[tuple[str, int, int], ...] = ()) -> TryEnd:
+    return TryEnd(
+        job_id=jid, try_no=1, log_state=JobState.COMPLETE, job_state=JobState.COMPLETE,
+        exit=0, stdout=f"out {jid}", outputs={"k": jid}, then_start=then,
+    )  # fmt: skip
+
+
+async def _events_table(path: Path) -> list[tuple[int, str | None, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT seq, job_id, state FROM events WHERE kind = 'job' ORDER BY seq")
+        return [(int(s), j, st) for s, j, st in rows]
+    finally:
+        conn.close()
+
+
+async def test_many_starts_and_ends_share_one_write(tmp_path: Path) -> None:
+    """A fan-out's starts and ends go in one statement per table; the events they return are
+    exactly the rows the journal holds (seq included), in order."""
+    j = await _journal(tmp_path / "j.db")
+    try:
+        await j.create_request(make_record("R1"), make_chain(6))
+        before = j.stats.commits
+        started = await j.jobs_started("R1", [(f"j{i}", 1, 1) for i in range(1, 5)], at=T0)
+        ended = await j.tries_ended(
+            "R1", [_end("j1"), _end("j2", then=(("j5", 1, 1), ("j6", 1, 1))), _end("j3")], at=T0
+        )
+        assert j.stats.commits - before == 2
+        loaded = await j.load_request("R1")
+        assert loaded is not None
+        states = {jid: row.state for jid, row in loaded.jobs.items()}
+        assert states == {
+            "j1": JobState.COMPLETE, "j2": JobState.COMPLETE, "j3": JobState.COMPLETE,
+            "j4": JobState.RUNNING, "j5": JobState.RUNNING, "j6": JobState.RUNNING,
+        }  # fmt: skip
+        assert loaded.jobs["j2"].outputs == {"k": "j2"}
+        log = {(r.job_id, r.try_): r.state for r in await j.job_log("R1")}
+        assert log[("j1", 1)] == JobState.COMPLETE and log[("j5", 1)] == JobState.RUNNING
+        returned = [(e.seq, e.job_id, e.state) for e in started + ended]
+        assert returned == await _events_table(tmp_path / "j.db")
+        assert [e.job_id for e in ended] == ["j1", "j2", "j3", "j5", "j6"]
+    finally:
+        await j.close()
+
+
+@pytest.mark.parametrize(
+    ("setup", "write", "message"),
+    [
+        ("j2 running", "start j1 j2", "not every job was PENDING"),
+        ("j1 j2 running", "end j1 j3", "not every job was RUNNING"),
+        ("j1 j2 running", "end j1 j2, start j2", "j2 of request R1 is COMPLETE, not PENDING"),
+    ],
+)
+async def test_a_batch_with_one_bad_row_changes_nothing(
+    tmp_path: Path, setup: str, write: str, message: str
+) -> None:
+    j = await _journal(tmp_path / "j.db")
+    try:
+        await j.create_request(make_record("R1"), make_chain(3))
+        for jid in setup.removesuffix(" running").split():
+            await j.job_started("R1", jid, 1, 1, T0)
+        before = await j.load_request("R1")
+        with pytest.raises(IllegalTransition, match=message):
+            if write.startswith("start"):
+                await j.jobs_started("R1", [(x, 1, 1) for x in write.split()[1:]], at=T0)
+            else:
+                ends, _, starts = write.partition(", start ")
+                then = tuple((x, 2, 1) for x in starts.split())
+                ids = ends.removeprefix("end ").split()
+                await j.tries_ended("R1", [_end(ids[0]), _end(ids[1], then=then)], at=T0)
+        after = await j.load_request("R1")
+        assert before is not None and after is not None
+        assert after.jobs == before.jobs
+        assert j.stats.healthy
+    finally:
+        await j.close()
