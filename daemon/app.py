@@ -3,6 +3,9 @@
 Start: logging -> journal (refused if foreign or too new) -> boot row -> job processes and
 temporary files left by a crashed boot cleaned up -> specs loaded and linted (refused with
 errors) -> interrupted chains resumed -> listeners accept -> READY=1.
+Reload (SIGHUP): the config is read again and, when valid, every live key is put in force in
+one step of the event loop (no await in between); when invalid, the old config stays and the
+error shows in health (`configErrors`) until a reload succeeds. Then the specs are reloaded.
 Stop (SIGTERM/SIGINT): STOPPING=1 -> refuse API writes (503) -> running jobs get the grace
 period, then are interrupted and their chains SUSPENDED -> listeners closed -> journal closed.
 A signal handler only sets an event; everything else runs in the loop.
@@ -22,10 +25,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from loguru import logger
 
 from daemon import __version__, gcpolicy, leftovers
-from daemon.api.app import make_app, start_sites
+from daemon.api.app import make_app, start_sites, update_settings
 from daemon.api.auth import AuthSettings
 from daemon.backup import JournalLock
 from daemon.builder import Limits
@@ -58,6 +62,14 @@ def auth_settings(cfg: Config) -> AuthSettings:
     )
 
 
+def _open_without_auth(cfg: Config) -> bool:
+    """Whether `cfg` has no auth section yet listens on TCP beyond loopback (refused)."""
+    if cfg.auth is not None or not cfg.listen:
+        return False
+    host = cfg.listen_address[0] if cfg.listen_address else ""
+    return not _loopback(host)
+
+
 def _loopback(host: str) -> bool:
     if host in ("localhost", ""):
         return host == "localhost"
@@ -85,21 +97,21 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.signals = 0
         self.reloads: asyncio.Queue[None] = asyncio.Queue()
+        #: set by a reload so that the prune loop re-reads its interval at once
+        self.prune_wake = asyncio.Event()
         self.bg: set[asyncio.Task[Any]] = set()
 
     # ---- entry
 
     async def run(self) -> int:
         cfg = self.cfg
-        if cfg.auth is None and cfg.listen:
-            host = cfg.listen_address[0] if cfg.listen_address else ""
-            if not _loopback(host):
-                logger.error(
-                    "refusing to listen on {} without an `auth` section in the config: "
-                    "without auth spind listens only on loopback and the Unix socket",
-                    cfg.listen,
-                )
-                return EXIT_REFUSED
+        if _open_without_auth(cfg):
+            logger.error(
+                "refusing to listen on {} without an `auth` section in the config: "
+                "without auth spind listens only on loopback and the Unix socket",
+                cfg.listen,
+            )
+            return EXIT_REFUSED
         self.lock = JournalLock(cfg.journal)
         try:
             locked = self.lock.acquire()
@@ -182,7 +194,9 @@ class Daemon:
             metrics=self.metrics,
             loop_lag_ms=lambda: self.metrics.current_lag_ms,
         )
-        app = make_app(self.service, auth=auth_settings(cfg), max_body_bytes=cfg.max_body_bytes)
+        self.app = app = make_app(
+            self.service, auth=auth_settings(cfg), max_body_bytes=cfg.max_body_bytes
+        )
         try:
             runner = await start_sites(
                 app,
@@ -301,38 +315,108 @@ class Daemon:
             self.notifier.ready(status=self._status_text())
 
     def _reload(self) -> None:
+        """Config, then specs. Synchronous: nothing else runs in the loop meanwhile, so no API
+        call or chain sees a half-applied reload."""
         logger.info("reloading config and specs", action="reload")
-        try:
-            new, _file = load_config(self.config_file, overrides=self.overrides)
-        except ConfigError as exc:
-            logger.error("reload: config error, keeping the old config: {}", exc.message)
-            new = self.cfg
-        fixed = self.cfg.reloadable_diff(new)
-        if fixed:
-            logger.warning("reload: {} cannot change without a restart", ", ".join(fixed))
-        set_level(new.log.level)
-        self.env.slots.limit = max(1, new.max_running_jobs)
-        self.env.limits = self._limits(new)
-        if new.jobs != self.cfg.jobs:
-            self.factory = JobFactory(new.jobs)
-            self.env.factory = self.factory
-            self.specs.job_types = self.factory
-        if new.specs != self.cfg.specs:
-            self.specs.directory = type(self.specs.directory)(new.specs)
-        self.cfg = new
+        errors = self._reload_config()
+        self.service.config_errors = errors
+        self.metrics.config_reload(not errors)
         diags = self.specs.load()
-        errors = [d for d in diags if d.is_error]
-        for d in errors:
+        spec_errors = [d for d in diags if d.is_error]
+        for d in spec_errors:
             logger.error("reload: spec: {}", d.format())
-        if errors:
-            logger.error("reload: {} spec errors: keeping the old specs", len(errors))
+        if spec_errors:
+            logger.error("reload: {} spec errors: keeping the old specs", len(spec_errors))
         else:
             logger.info("reload: {} sequences loaded", len(self.specs.sequences()))
-        self.metrics.spec_reload(not errors)
+        self.metrics.spec_reload(not spec_errors)
+
+    def _reload_config(self) -> list[str]:
+        """Read the config again and put it in force; on errors keep the old one, log each
+        error (they name the file and key) and return them."""
+        try:
+            new, file = load_config(self.config_file, overrides=self.overrides)
+        except ConfigError as exc:
+            errors = [exc.message]  # it names the file (or variable), line and key
+        else:
+            new = self._keep_restart_keys(new)
+            errors = self._reload_refusals(new, file or "the config")
+            if not errors:
+                self._apply(new)
+                return []
+        for error in errors:
+            logger.error("reload: {}; keeping the old config", error, action="reload")
+        return errors
+
+    def _keep_restart_keys(self, new: Config) -> Config:
+        """`new` with the old values of the keys only a restart changes (warned about)."""
+        fixed = self.cfg.reloadable_diff(new)
+        kept = {k: getattr(self.cfg, k) for k in fixed}
+        if new.log.format != self.cfg.log.format:
+            fixed.append("log.format")
+            kept["log"] = msgspec.structs.replace(new.log, format=self.cfg.log.format)
+        if fixed:
+            logger.warning(
+                "reload: {} cannot change without a restart: keeping the running values",
+                ", ".join(fixed),
+            )
+        return msgspec.structs.replace(new, **kept)
+
+    def _reload_refusals(self, new: Config, file: str) -> list[str]:
+        """Errors of a valid config that the running daemon must not take anyway."""
+        if _open_without_auth(new):  # `listen` is the running one (a restart key)
+            return [
+                f"{file}: auth: the section cannot be removed while listening on {new.listen}: "
+                "without auth spind listens only on loopback and the Unix socket"
+            ]
+        return []
+
+    def _apply(self, new: Config) -> None:
+        """Put a valid config in force: build what can fail first, then swap without awaiting."""
+        old = self.cfg
+        auth = auth_settings(new)
+        limits = self._limits(new)
+        settings = msgspec.structs.replace(
+            self.env.settings,
+            work_dir=new.work_dir,
+            output_limit=new.output_limit,
+            job_stop_grace=new.job_stop_grace,
+        )
+        factory = JobFactory(new.jobs) if new.jobs != old.jobs else self.factory
+        set_level(new.log.level)
+        self.env.slots.set_limit(new.max_running_jobs)
+        self.env.limits = limits
+        self.env.settings = settings
+        self.factory = self.env.factory = self.specs.job_types = factory
+        if new.specs != old.specs:
+            self.specs.directory = Path(new.specs)
+        update_settings(self.app, auth=auth, max_body_bytes=new.max_body_bytes)
+        self.cfg = new
+        self.prune_wake.set()
+        if new.auth != old.auth:
+            if new.auth is None:
+                logger.warning("reload: no `auth` section any more: every local caller is trusted")
+            else:
+                logger.info(
+                    "reload: auth settings in force: {} tokens, {} users with roles",
+                    len(new.auth.tokens),
+                    len(new.auth.roles),
+                )
+        changed = old.changed_keys(new)
+        logger.info("reload: config in force; changed: {}", ", ".join(changed) or "nothing")
 
     async def _prune_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
-            await asyncio.sleep(self.cfg.prune_interval)
+            # a reload wakes this up: a new `prune_interval` counts from the last run
+            self.prune_wake.clear()
+            delay = last + self.cfg.prune_interval - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.prune_wake.wait(), delay)
+                continue
+            last = loop.time()
             if self.cfg.retention is None:
                 continue
             cutoff = time.time() - self.cfg.retention

@@ -18,7 +18,7 @@ import msgspec
 
 from daemon import __version__
 from daemon.api.sse import EndView
-from daemon.api.wire import ErrorBody, PlanView, VersionView
+from daemon.api.wire import ErrorBody, PlanView, ProbeHealthView, VersionView
 from daemon.model import (
     Event,
     HealthView,
@@ -236,10 +236,11 @@ class Client:
     async def version(self) -> VersionView:
         return await self._get(f"{PREFIX}/version", VersionView)
 
-    async def health(self) -> HealthView:
-        """The health view, also when it says not ok (a 503)."""
+    async def health(self) -> HealthView | ProbeHealthView:
+        """The health view, also when it says not ok (a 503): the full HealthView, or, for a
+        TCP caller without a token when auth is on, the short ProbeHealthView (ok, reason)."""
         _, raw = await self._send("GET", f"{PREFIX}/health", accept=(503,))
-        return msgspec.json.decode(raw, type=HealthView)
+        return decode_health(raw)
 
     async def events(
         self, request_id: str, after: int = 0, *, read_timeout: float = 90.0
@@ -268,6 +269,19 @@ class Client:
                 f"lost the event stream from {self.where}: {exc or type(exc).__name__}",
                 trace_id=self.trace_id,
             ) from exc
+
+
+def decode_health(raw: bytes) -> HealthView | ProbeHealthView:
+    """Either health body. msgspec cannot tell two untagged Structs apart in one union, but
+    these two are disjoint: the full view requires `journalWritable` and `loopLagMs`, the probe
+    view forbids any field beyond `ok` and `reason`."""
+    try:
+        return msgspec.json.decode(raw, type=HealthView)
+    except msgspec.ValidationError as not_full:
+        try:
+            return msgspec.json.decode(raw, type=ProbeHealthView)
+        except msgspec.ValidationError:
+            raise not_full from None  # neither: say what the full view lacks
 
 
 async def parse_sse(lines: AsyncIterable[bytes]) -> AsyncIterator[tuple[str, bytes]]:
@@ -347,5 +361,5 @@ class SyncClient:
     def version(self) -> VersionView:
         return self.call(lambda c: c.version())
 
-    def health(self) -> HealthView:
+    def health(self) -> HealthView | ProbeHealthView:
         return self.call(lambda c: c.health())

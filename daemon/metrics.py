@@ -81,6 +81,12 @@ class Metrics:
         self.spec_reloads = Counter(
             "spind_spec_reloads", "Spec (re)loads, by result (ok, error).", ["result"], registry=r
         )
+        self.config_reloads = Counter(
+            "spind_config_reloads",
+            "Config reloads (SIGHUP), by result (ok, error: the old config stays).",
+            ["result"],
+            registry=r,
+        )
         if process:
             ProcessCollector(registry=r)
         self.current_lag_ms = 0.0
@@ -107,6 +113,9 @@ class Metrics:
 
     def spec_reload(self, ok: bool) -> None:
         self.spec_reloads.labels(result="ok" if ok else "error").inc()
+
+    def config_reload(self, ok: bool) -> None:
+        self.config_reloads.labels(result="ok" if ok else "error").inc()
 
     def set_loop_lag(self, seconds: float) -> None:
         self.current_lag_ms = seconds * 1000.0

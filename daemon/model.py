@@ -168,6 +168,10 @@ class HealthView(_Wire):
     specs_errors: list[str] = msgspec.field(default_factory=list)
     #: spec loads finished since start (1 = the first); a reload adds one, errors or not
     specs_loads: int = 0
+    #: false while the config file read by the last reload was invalid (the old one stays)
+    config_ok: bool = True
+    #: why, naming the file (or environment variable) and the key
+    config_errors: list[str] = msgspec.field(default_factory=list)
     running_requests: int = 0
     running_jobs: int = 0
     last_journal_error: str = ""

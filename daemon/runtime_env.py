@@ -55,6 +55,16 @@ class Slots:
                     others = True
         return others
 
+    def set_limit(self, limit: int) -> None:
+        """A reload's new `max_running_jobs`: more room wakes the waiters at once; less lets
+        the running jobs finish and starts no new one until `used` is below the limit."""
+        self.limit = max(1, limit)
+        if self.used < self.limit and self._waiters:
+            waiters = list(self._waiters)
+            self._waiters.clear()
+            for w in waiters:
+                w.wake()
+
     def forget(self, who: Wakeable) -> None:
         self._waiters.pop(who, None)
 

@@ -50,6 +50,8 @@ class Service:
         self.bus = bus
         self._metrics = metrics
         self._loop_lag_ms = loop_lag_ms
+        #: the errors of the last config reload (empty: it was in force); set by the daemon
+        self.config_errors: list[str] = []
 
     @property
     def shutting_down(self) -> bool:
@@ -202,6 +204,8 @@ class Service:
             specs_ok=self.specs.ok,
             specs_errors=list(self.specs.errors),
             specs_loads=self.specs.loads,
+            config_ok=not self.config_errors,
+            config_errors=list(self.config_errors),
             running_requests=requests,
             running_jobs=jobs,
             last_journal_error=stats.last_error or recent_error,

@@ -1,7 +1,8 @@
 """The aiohttp application and its listeners (TCP and/or a Unix socket).
 
 Middlewares, outermost first: trace id + access log, errors -> JSON, identity. Handlers and
-their permission checks live in :mod:`daemon.api.routes`.
+their permission checks live in :mod:`daemon.api.routes`. The settings a reload may change
+(auth, the body limit) sit in `app[LIVE]`; :func:`update_settings` swaps them.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from daemon.api import openapi
-from daemon.api.auth import AUTH, AuthSettings, auth_middleware
+from daemon.api.auth import LIVE, ApiSettings, AuthSettings, LiveSettings, auth_middleware
 from daemon.api.errors import error_middleware
 from daemon.api.protocol import ControlService
-from daemon.api.routes import HEARTBEAT, MAX_BODY, OPENAPI, ROUTES, SERVICE, STREAMS_STOP
+from daemon.api.routes import HEARTBEAT, OPENAPI, ROUTES, SERVICE, STREAMS_STOP
 from daemon.api.trace import add_trace_header, trace_middleware
 
 SOCKET_MODE = 0o660
@@ -36,14 +37,15 @@ def make_app(
     max_body_bytes: int,
     heartbeat: float = 15.0,
 ) -> web.Application:
-    """The control-plane application; `heartbeat` is the SSE keep-alive interval in seconds."""
+    """The control-plane application; `heartbeat` is the SSE keep-alive interval in seconds.
+
+    `max_body_bytes` is enforced by the handlers that read a body (it can change on reload,
+    aiohttp's `client_max_size` cannot), so aiohttp's own limit stays at its default."""
     app = web.Application(
-        middlewares=[trace_middleware, error_middleware(max_body_bytes), auth_middleware],
-        client_max_size=max_body_bytes,
+        middlewares=[trace_middleware, error_middleware, auth_middleware],
     )
     app[SERVICE] = service
-    app[AUTH] = auth
-    app[MAX_BODY] = max_body_bytes
+    app[LIVE] = LiveSettings(ApiSettings(auth=auth, max_body_bytes=max_body_bytes))
     app[HEARTBEAT] = heartbeat
     app[STREAMS_STOP] = asyncio.Event()
     app[OPENAPI] = openapi.document(service.version)
@@ -56,6 +58,12 @@ def make_app(
     app.on_response_prepare.append(add_trace_header)
     app.on_shutdown.append(_stop_streams)
     return app
+
+
+def update_settings(app: web.Application, *, auth: AuthSettings, max_body_bytes: int) -> None:
+    """Reload: calls that start from now on use these settings; calls in flight keep theirs.
+    Call it from the event loop's thread."""
+    app[LIVE].swap(ApiSettings(auth=auth, max_body_bytes=max_body_bytes))
 
 
 async def _stop_streams(app: web.Application) -> None:

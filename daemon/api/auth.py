@@ -12,6 +12,11 @@ so do the configured admin roles. A type without an ACL is open to every authent
 Probes: with auth enabled, `GET`/`HEAD` of the health and version endpoints (and of `/metrics`
 unless `auth.metrics_public` is false) need no token; such a caller is "anonymous" and the
 handler decides what it may see. A token that is sent must be valid, there as everywhere.
+
+Reload: the settings a reload may change (auth, the body limit) are one frozen
+:class:`ApiSettings`, held by the app's :class:`LiveSettings` and replaced whole. Each HTTP call
+takes them once, when it starts (:func:`api_settings`), and uses that copy to the end: a call in
+flight during a reload sees the old settings or the new ones, never a mix.
 """
 
 from __future__ import annotations
@@ -53,6 +58,27 @@ class AuthSettings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_public: bool = True
 
 
+class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What the API reads from the config and a reload may change; replaced whole."""
+
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    #: largest request body, in bytes (a larger one is a 413)
+    max_body_bytes: int = 1048576
+
+
+class LiveSettings:
+    """The API's current settings. Only the event loop's thread calls `swap`, and a call
+    takes its copy once, so swapping the reference is the whole (atomic) update."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.current = settings
+
+    def swap(self, settings: ApiSettings) -> ApiSettings:
+        """Put `settings` in force for the calls that start from now on; returns the old."""
+        old, self.current = self.current, settings
+        return old
+
+
 class Op(enum.StrEnum):
     READ = "read"
     START = "start"
@@ -65,6 +91,9 @@ class Identity(msgspec.Struct, frozen=True):
 
 
 IDENTITY = web.RequestKey("identity", Identity)
+LIVE = web.AppKey("live_settings", LiveSettings)
+#: the settings this call took when it started
+SETTINGS = web.RequestKey("api_settings", ApiSettings)
 
 #: Routes (by name) that answer without a token when auth is enabled; see `public_routes`.
 PROBE_ROUTES = frozenset({"health", "version"})
@@ -131,9 +160,18 @@ def public_routes(settings: AuthSettings) -> frozenset[str]:
     return PROBE_ROUTES
 
 
+def api_settings(request: web.Request) -> ApiSettings:
+    """The settings of this call: those in force when it first asked (the auth middleware
+    asks before any handler runs), the same for the rest of the call."""
+    settings = request.get(SETTINGS)
+    if settings is None:
+        settings = request[SETTINGS] = request.app[LIVE].current
+    return settings
+
+
 def authenticated(request: web.Request) -> bool:
     """Whether the caller proved who they are (always true when auth is disabled)."""
-    return not request.app[AUTH].enabled or request[IDENTITY].via != "anonymous"
+    return not api_settings(request).auth.enabled or request[IDENTITY].via != "anonymous"
 
 
 def may(settings: AuthSettings, user: str, op: Op, acl: list[ACL] | None) -> bool:
@@ -154,18 +192,15 @@ def may(settings: AuthSettings, user: str, op: Op, acl: list[ACL] | None) -> boo
 
 def check(request: web.Request, op: Op, acl: list[ACL] | None, what: str) -> None:
     """Raise Forbidden unless the caller may do `op`; `what` is the refused action, in words."""
-    settings = request.app[AUTH]
+    settings = api_settings(request).auth
     ident = request[IDENTITY]
     if not may(settings, ident.user, op, acl):
         raise Forbidden(f"{ident.user} may not {what}", {"user": ident.user, "op": op.value})
 
 
-AUTH = web.AppKey("auth", AuthSettings)
-
-
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    settings = request.app[AUTH]
+    settings = api_settings(request).auth
     sock = request.transport.get_extra_info("socket") if request.transport else None
     is_unix = getattr(sock, "family", None) == socket.AF_UNIX
     ident = identify(

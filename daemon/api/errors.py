@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from loguru import logger
 
+from daemon.api.auth import api_settings
 from daemon.api.trace import TRACE_ID
 from daemon.api.wire import ErrorBody
 from daemon.errors import SpindError
@@ -79,40 +80,38 @@ def _close_if_too_large(resp: web.Response) -> web.Response:
     return resp
 
 
-def error_middleware(max_body: int) -> Any:
-    @web.middleware
-    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except SpindError as exc:
-            if exc.status in (401, 403):
-                logger.warning(
-                    "{status} {method} {path}: {msg}",
-                    status=exc.status,
-                    method=request.method,
-                    path=request.path[:200],
-                    msg=exc.message,
-                    action="access_denied",
-                )
-            challenge = {"WWW-Authenticate": 'Bearer realm="spind"'} if exc.status == 401 else None
-            resp = error_response(exc.status, exc.message, exc.details, challenge)
-            return _close_if_too_large(resp)
-        except msgspec.ValidationError as exc:
-            message, details = validation_error(exc)
-            return error_response(400, message, details)
-        except msgspec.DecodeError as exc:
-            return error_response(400, f"malformed JSON body: {exc}")
-        except web.HTTPException as exc:
-            return _close_if_too_large(_from_http(exc, max_body))
-        except (asyncio.CancelledError, ConnectionResetError):
-            raise
-        except Exception:
-            logger.exception(
-                "unexpected error in {method} {path}",
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except SpindError as exc:
+        if exc.status in (401, 403):
+            logger.warning(
+                "{status} {method} {path}: {msg}",
+                status=exc.status,
                 method=request.method,
                 path=request.path[:200],
+                msg=exc.message,
+                action="access_denied",
             )
-            trace_id = request.get(TRACE_ID, "")
-            return error_response(500, "internal error", {"traceId": trace_id})
-
-    return errors
+        challenge = {"WWW-Authenticate": 'Bearer realm="spind"'} if exc.status == 401 else None
+        resp = error_response(exc.status, exc.message, exc.details, challenge)
+        return _close_if_too_large(resp)
+    except msgspec.ValidationError as exc:
+        message, details = validation_error(exc)
+        return error_response(400, message, details)
+    except msgspec.DecodeError as exc:
+        return error_response(400, f"malformed JSON body: {exc}")
+    except web.HTTPException as exc:
+        max_body = api_settings(request).max_body_bytes
+        return _close_if_too_large(_from_http(exc, max_body))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        logger.exception(
+            "unexpected error in {method} {path}",
+            method=request.method,
+            path=request.path[:200],
+        )
+        trace_id = request.get(TRACE_ID, "")
+        return error_response(500, "internal error", {"traceId": trace_id})

@@ -20,7 +20,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from daemon.api import sse
-from daemon.api.auth import AUTH, IDENTITY, Op, authenticated, check
+from daemon.api.auth import IDENTITY, Op, api_settings, authenticated, check
 from daemon.api.protocol import ControlService, FindFilter
 from daemon.api.trace import trace_id_of
 from daemon.api.wire import (
@@ -45,7 +45,6 @@ from daemon.model import (
 )
 
 SERVICE: web.AppKey[ControlService] = web.AppKey("service")
-MAX_BODY = web.AppKey("max_body", int)
 HEARTBEAT = web.AppKey("heartbeat", float)
 STREAMS_STOP = web.AppKey("streams_stop", asyncio.Event)
 OPENAPI = web.AppKey("openapi", bytes)
@@ -108,11 +107,16 @@ def _writable(request: web.Request) -> None:
 
 
 async def _body(request: web.Request, decoder: msgspec.json.Decoder[B]) -> B | None:
-    """The decoded body, or None when there is none. Too large: 413 before reading it."""
-    limit = request.app[MAX_BODY]
+    """The decoded body, or None when there is none. Too large: 413, before reading it when
+    the length is announced, else as soon as more than the limit has arrived."""
+    limit = api_settings(request).max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes", {"maxBytes": limit})
-    raw = await request.read()
+    raw = bytearray()
+    async for chunk in request.content.iter_any():
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes", {"maxBytes": limit})
     if not raw.strip():
         return None
     try:
@@ -205,7 +209,7 @@ def body_hash(body: CreateBody) -> str:
 
 async def _may_change(request: web.Request, rid: str) -> None:
     """Stop, suspend, resume, retry and skip need `stop` on the request's type."""
-    if not request.app[AUTH].enabled:
+    if not api_settings(request).auth.enabled:
         return
     svc = _svc(request)
     rtype = await svc.request_type_of(rid)

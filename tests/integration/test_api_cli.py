@@ -16,8 +16,9 @@ import pytest
 
 from daemon import cli_client
 from daemon.api.auth import AuthSettings, TokenEntry, token_sha256
+from daemon.api.wire import ProbeHealthView
 from daemon.client import ApiError, Client, SyncClient
-from daemon.model import JobState, RequestState
+from daemon.model import HealthView, JobState, RequestState
 from tests.integration.fake_service import Served, eventually, serve
 
 
@@ -304,6 +305,41 @@ async def test_async_and_sync_clients(srv: Served) -> None:
     assert [r.id for r in found] == [view.id]
     detail = await asyncio.to_thread(sync.get, view.id)
     assert detail.jobs[0].id == "j1"
+
+
+# (how the client connects, healthy?, the view it gets, what it says)
+HEALTH_CASES = [
+    ("tcp, no token", True, ProbeHealthView, {"ok": True, "reason": None}),
+    ("tcp, no token", False, ProbeHealthView, {"ok": False, "reason": "journal not writable"}),
+    ("tcp, token", True, HealthView, {"ok": True, "journal_writable": True}),
+    ("tcp, token", False, HealthView, {"ok": False, "journal_writable": False}),
+    ("socket", True, HealthView, {"ok": True, "journal_writable": True}),
+]
+
+
+@pytest.mark.parametrize(
+    ("via", "healthy", "view", "fields"),
+    HEALTH_CASES,
+    ids=[f"{c[0]}, {'ok' if c[1] else '503'}" for c in HEALTH_CASES],
+)
+async def test_health_decodes_the_full_and_the_probe_body(
+    tmp_path: Any, via: str, healthy: bool, view: type[Any], fields: dict[str, Any]
+) -> None:
+    """With auth on, a TCP caller without a token gets the short probe body: the client
+    returns it as a ProbeHealthView instead of failing to decode it."""
+    auth = AuthSettings(enabled=True, tokens=[TokenEntry(user="ann", sha256=token_sha256("t0k"))])
+    async with serve(str(tmp_path), auth=auth) as s:
+        s.service.healthy = healthy
+        kwargs: dict[str, Any] = (
+            {"socket_path": s.socket_path}
+            if via == "socket"
+            else {"url": s.url, "token": "t0k" if via == "tcp, token" else None}
+        )
+        async with Client(**kwargs) as c:
+            health = await c.health()
+        sync = await asyncio.to_thread(SyncClient(**kwargs).health)
+    assert type(health) is view and type(sync) is view
+    assert {k: getattr(health, k) for k in fields} == fields
 
 
 async def test_python_dash_m(srv: Served) -> None:

@@ -6,9 +6,11 @@ import argparse
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from daemon import cli_client
+from daemon.api.wire import ProbeHealthView
 from daemon.cli_client import (
     DEFAULT_SOCKET,
     Progress,
@@ -20,8 +22,8 @@ from daemon.cli_client import (
     time_arg,
     when,
 )
-from daemon.client import parse_sse
-from daemon.model import Event, JobState, JobView, RequestDetail, RequestState
+from daemon.client import decode_health, parse_sse
+from daemon.model import Event, HealthView, JobState, JobView, RequestDetail, RequestState
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -222,3 +224,44 @@ def test_main_has_version() -> None:
     sub = p.add_subparsers(dest="command")
     cli_client.register(sub)
     assert "version" in sub.choices and "server-version" not in sub.choices
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"ok": true}', ProbeHealthView(ok=True)),
+        (
+            b'{"ok": false, "reason": "shutting down"}',
+            ProbeHealthView(ok=False, reason="shutting down"),
+        ),
+        (
+            b'{"ok": true, "journalWritable": true, "loopLagMs": 0.5, "specsLoads": 3}',
+            HealthView(ok=True, journal_writable=True, loop_lag_ms=0.5, specs_loads=3),
+        ),
+        (
+            b'{"ok": false, "journalWritable": true, "loopLagMs": 1.0, "configOk": false,'
+            b' "configErrors": ["spind.yaml:1:1: listen: bad"]}',
+            HealthView(
+                ok=False,
+                journal_writable=True,
+                loop_lag_ms=1.0,
+                config_ok=False,
+                config_errors=["spind.yaml:1:1: listen: bad"],
+            ),
+        ),
+    ],
+    ids=["probe ok", "probe not ok", "full", "full with a config error"],
+)
+def test_decode_health_takes_either_body(body: bytes, expected: object) -> None:
+    got = decode_health(body)
+    assert type(got) is type(expected) and got == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"ok": true, "journalWritable": true}', b'{"ok": true, "extra": 1}', b"{}", b"[]"],
+    ids=["full, lacking loopLagMs", "probe with an unknown field", "empty", "not an object"],
+)
+def test_decode_health_refuses_neither_body_naming_the_full_view(body: bytes) -> None:
+    with pytest.raises(msgspec.ValidationError, match=r"Expected `object`|missing required"):
+        decode_health(body)

@@ -243,7 +243,9 @@ def test_hand_built_garbage_never_raises() -> None:
         "loop": SequenceSpec(
             name="loop",
             args=SeqArgs(required=[None, SeqArg()], static=[SeqArg(name="x")]),
-            acl=[None, ACL(role="r", admin=True, ops="start")],
+            # `ops` is a list; garbage in it that the type allows: an unknown op, an empty one,
+            # and ops next to `admin: true`
+            acl=[None, ACL(role="r", admin=True, ops=["start", "strat", ""])],
             nodes={
                 "a": NodeSpec(
                     name="a",
@@ -261,7 +263,11 @@ def test_hand_built_garbage_never_raises() -> None:
     diags = lint(specs, TableJobTypes())
     assert all(d.line >= 1 for d in diags)
     assert {d.sequence for d in diags if d.check == "internal"} == {"garbage", "not-a-sequence"}
-    assert {"sequence-cycle", "dep-cycle", "null-entry", "acl-bad-op"} <= {d.check for d in diags}
+    checks = {d.check for d in diags}
+    assert {"sequence-cycle", "dep-cycle", "null-entry", "acl-bad-op"} <= checks
+    assert "acl-admin-and-ops" in checks
+    bad_ops = sorted(d.message for d in diags if d.check == "acl-bad-op")
+    assert len(bad_ops) == 2 and "'strat'" in bad_ops[1] and "''" in bad_ops[0], bad_ops
 
 
 # --- never raises: random mutations of the case files -------------------------------------

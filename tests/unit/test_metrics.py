@@ -62,6 +62,7 @@ def test_gauges_counters_and_histograms() -> None:
     m.spec_reload(ok=True)
     m.spec_reload(ok=False)
     m.spec_reload(ok=False)
+    m.config_reload(ok=False)
     got = samples(m)
     assert got[("spind_jobs_running", ())] == 3
     assert got[("spind_journal_commit_seconds_count", ())] == 1
@@ -75,6 +76,8 @@ def test_gauges_counters_and_histograms() -> None:
     assert got[("spind_api_requests_total", get)] == 1
     assert got[("spind_spec_reloads_total", (("result", "ok"),))] == 1
     assert got[("spind_spec_reloads_total", (("result", "error"),))] == 2
+    assert got[("spind_config_reloads_total", (("result", "error"),))] == 1
+    assert ("spind_config_reloads_total", (("result", "ok"),)) not in got
 
 
 def test_registries_are_private() -> None:
