@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from loguru import logger
+
+from daemon import ids
 
 HEADER = "X-Request-Id"
 TRACE_ID = web.RequestKey("trace_id", str)
@@ -25,15 +26,11 @@ CALLER = web.RequestKey("caller", str)
 _VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def new_trace_id() -> str:
-    return uuid.uuid4().hex
-
-
 def pick_trace_id(header: str | None) -> str:
     """The client's id when it is 1-128 of [A-Za-z0-9._:-], else a fresh one."""
     if header is not None and _VALID.fullmatch(header):
         return header
-    return new_trace_id()
+    return ids.new_trace_id()
 
 
 def trace_id_of(request: web.Request) -> str:
