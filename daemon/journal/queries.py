@@ -70,6 +70,9 @@ VALUES (:request_id, :job_id, :name, :type, :scope, :kind, 'PENDING')"""
 
 LAST_ROWID = "SELECT last_insert_rowid()"
 
+#: rows the last INSERT/UPDATE/DELETE changed (Python's rowcount is -1 for `WITH ... UPDATE`)
+CHANGES = "SELECT changes()"
+
 INSERT_EVENT = """INSERT INTO events (request_id, kind, state, at, job_id, try, detail)
 VALUES (:request_id, :kind, :state, :at, :job_id, :try, :detail)"""
 
@@ -108,6 +111,61 @@ FINISH_LOG = """UPDATE job_log SET
     state = :state, exit = :exit, error = :error, stdout = :stdout, stderr = :stderr,
     finished_at = :at
 WHERE request_id = :request_id AND job_id = :job_id AND try = :try AND state = 'RUNNING'"""
+
+# ---- many jobs of one request in one statement each (a fan-out's starts and ends). The rows
+# come as one JSON array of arrays; the MATERIALIZED CTE makes SQLite walk the array and look
+# each job up by its primary key (without it, it scans the request's jobs for every element).
+# One statement steps through every row without returning to Python: the GIL stays free.
+
+#: :starts = [[job_id, try, seq_try], ...]
+START_JOBS = """WITH s(job_id, try, seq_try) AS MATERIALIZED (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+    FROM json_each(:starts)
+)
+UPDATE jobs SET state = 'RUNNING', tries = s.try, seq_try = s.seq_try FROM s
+WHERE jobs.request_id = :request_id AND jobs.job_id = s.job_id AND jobs.state = 'PENDING'"""
+
+INSERT_LOGS = """INSERT INTO job_log (request_id, job_id, try, seq_try, state, started_at, boot_id)
+SELECT :request_id, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+    json_extract(value, '$[2]'), 'RUNNING', :at, :boot_id
+FROM json_each(:starts) ORDER BY key"""
+
+#: :events = [[kind, state, job_id, try, detail], ...]; rows numbered in array order
+INSERT_EVENTS = """INSERT INTO events (request_id, kind, state, at, job_id, try, detail)
+SELECT :request_id, json_extract(value, '$[0]'), json_extract(value, '$[1]'), :at,
+    json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]')
+FROM json_each(:events) ORDER BY key"""
+
+MAX_FINISH_ORDER = """SELECT COALESCE(MAX(finish_order), 0) FROM jobs
+WHERE request_id = :request_id"""
+
+#: :ends = [[job_id, state, outputs JSON text or null, n-th completion in the batch or null],
+#: ...]; a completed job's finish order is :base (MAX_FINISH_ORDER) + n
+FINISH_JOBS = """WITH s(job_id, state, outputs, n) AS MATERIALIZED (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+        json_extract(value, '$[3]')
+    FROM json_each(:ends)
+)
+UPDATE jobs SET
+    state = s.state,
+    outputs = s.outputs,
+    finish_order = CASE WHEN s.n IS NULL THEN NULL ELSE :base + s.n END
+FROM s
+WHERE jobs.request_id = :request_id AND jobs.job_id = s.job_id AND jobs.state = 'RUNNING'"""
+
+#: :logs = [[job_id, try, state, exit, error, stdout, stderr], ...]
+FINISH_LOGS = """WITH s(job_id, try, state, exit, error, stdout, stderr) AS MATERIALIZED (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+        json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+        json_extract(value, '$[6]')
+    FROM json_each(:logs)
+)
+UPDATE job_log SET
+    state = s.state, exit = s.exit, error = s.error, stdout = s.stdout, stderr = s.stderr,
+    finished_at = :at
+FROM s
+WHERE job_log.request_id = :request_id AND job_log.job_id = s.job_id AND job_log.try = s.try
+    AND job_log.state = 'RUNNING'"""
 
 NEXT_PATCH_NUMBER = """SELECT COALESCE(MAX(n), 0) + 1 FROM chain_patches
 WHERE request_id = :request_id"""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from daemon.chain import Chain, ChainJob, ChainPatch
@@ -52,15 +53,6 @@ def _event(
     cur = conn.execute(q.INSERT_EVENT, params)
     assert cur.lastrowid is not None
     return rows.event_from_params(cur.lastrowid, params)
-
-
-def _events(conn: sqlite3.Connection, params: list[dict[str, Any]]) -> list[Event]:
-    """Append several events with one statement: AUTOINCREMENT numbers them consecutively
-    (nothing else inserts in between: this connection is the only writer)."""
-    conn.executemany(q.INSERT_EVENT, params)
-    last = conn.execute(q.LAST_ROWID).fetchone()[0]
-    first = last - len(params) + 1
-    return [rows.event_from_params(first + i, p) for i, p in enumerate(params)]
 
 
 def _job_params(request_id: str, job: ChainJob) -> dict[str, Any]:
@@ -207,11 +199,8 @@ def _end_rows(
     log: dict[str, Any] = {**key, "try": end.try_no, "state": end.log_state.value}
     log |= {"exit": end.exit, "error": end.error, "stdout": end.stdout, "stderr": end.stderr}
     log["at"] = at
-    detail = "" if end.log_state == end.job_state else f"try {end.log_state.value}"
-    if end.error:
-        detail = f"{detail}: {end.error}" if detail else end.error
     state = end.job_state.value
-    event = rows.event_params(request_id, "job", state, at, end.job_id, end.try_no, _short(detail))
+    event = rows.event_params(request_id, "job", state, at, end.job_id, end.try_no, _detail(end))
     return job, log, event
 
 
@@ -261,24 +250,80 @@ def make_try_ended(request_id: str, end: TryEnd, at: float) -> Write:
     return write
 
 
+def _events_of(
+    conn: sqlite3.Connection, request_id: str, at: float, events: list[list[Any]]
+) -> list[Event]:
+    """Append events given as [kind, state, job_id, try, detail] with one statement, and
+    return them as the journal numbered them (AUTOINCREMENT, consecutively: this connection is
+    the only writer and the statement inserts in array order)."""
+    params = {"request_id": request_id, "at": at, "events": rows.to_json(events)}
+    conn.execute(q.INSERT_EVENTS, params)
+    last = conn.execute(q.LAST_ROWID).fetchone()[0]
+    first = last - len(events) + 1
+    when = datetime.fromtimestamp(at, UTC)
+    return [
+        Event(
+            seq=first + i,
+            request_id=request_id,
+            kind=kind,
+            state=state,
+            at=when,
+            job_id=job_id,
+            try_=try_no,
+            detail=detail,
+        )
+        for i, (kind, state, job_id, try_no, detail) in enumerate(events)
+    ]
+
+
+def _changes(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(q.CHANGES).fetchone()[0])
+
+
+def _detail(end: TryEnd) -> str:
+    detail = "" if end.log_state == end.job_state else f"try {end.log_state.value}"
+    if end.error:
+        detail = f"{detail}: {end.error}" if detail else end.error
+    return _short(detail)
+
+
 def make_tries_ended(request_id: str, ends: Sequence[TryEnd], at: float, boot_id: str) -> Write:
     """The ends of several tries (and the starts each brings, see `TryEnd.then_start`) with
     one statement per table: the fast path of a fan-out. A compare-and-set that does not hold
     for every row refuses the whole write (the caller writes them one by one to find which)."""
-    built = [_end_rows(request_id, e, at) for e in ends]
-    jobs = [b[0] for b in built]
-    logs = [b[1] for b in built]
-    events = [b[2] for b in built]
+    jobs: list[list[Any]] = []
+    logs: list[list[Any]] = []
+    events: list[list[Any]] = []
+    completed = 0
+    for e in ends:
+        if e.log_state not in LOG_END_STATES:
+            raise ValueError(f"a try cannot end in state {e.log_state}")
+        if e.job_state not in JOB_AFTER_TRY:
+            raise ValueError(f"a job cannot be left in state {e.job_state} after a try")
+        state = e.job_state.value
+        if e.job_state == JobState.COMPLETE:
+            completed += 1
+            jobs.append([e.job_id, state, rows.to_json(e.outputs), completed])
+        else:
+            jobs.append([e.job_id, state, None, None])
+        logs.append([e.job_id, e.try_no, e.log_state.value, e.exit, e.error, e.stdout, e.stderr])
+        events.append(["job", state, e.job_id, e.try_no, _detail(e)])
+    key = {"request_id": request_id}
+    finish = {**key, "ends": rows.to_json(jobs)}
+    finish_logs = {**key, "logs": rows.to_json(logs), "at": at}
     starts = [s for e in ends for s in e.then_start]
     then = make_jobs_started(request_id, starts, at, boot_id) if starts else None
     ids = ", ".join(e.job_id for e in ends[:5]) + (", ..." if len(ends) > 5 else "")
 
     def write(conn: sqlite3.Connection) -> list[Event]:
-        if conn.executemany(q.FINISH_JOB, jobs).rowcount != len(jobs):
+        base = conn.execute(q.MAX_FINISH_ORDER, key).fetchone()[0] if completed else 0
+        conn.execute(q.FINISH_JOBS, {**finish, "base": base})
+        if _changes(conn) != len(jobs):
             raise IllegalTransition(f"request {request_id}: not every job was RUNNING ({ids})")
-        if conn.executemany(q.FINISH_LOG, logs).rowcount != len(logs):
+        conn.execute(q.FINISH_LOGS, finish_logs)
+        if _changes(conn) != len(logs):
             raise IllegalTransition(f"request {request_id}: not every try was RUNNING ({ids})")
-        out = _events(conn, events)
+        out = _events_of(conn, request_id, at, events)
         if then is not None:
             out.extend(then(conn))
         return out
@@ -298,23 +343,26 @@ def make_jobs_started(
         raise ValueError("try numbers start at 1")
     if not boot_id:
         raise JournalError("record a boot (Journal.start_boot) before starting jobs")
-    begin = [
-        {"request_id": request_id, "job_id": j, "try": t, "seq_try": seq} for j, t, seq in starts
-    ]
-    logs = [{**row, "at": at, "boot_id": boot_id} for row in begin]
-    events = [rows.event_params(request_id, "job", "RUNNING", at, j, t) for j, t, _ in starts]
+    params = {
+        "request_id": request_id,
+        "starts": rows.to_json([[j, t, seq] for j, t, seq in starts]),
+        "at": at,
+        "boot_id": boot_id,
+    }
+    events: list[list[Any]] = [["job", "RUNNING", j, t, ""] for j, t, _ in starts]
     ids = ", ".join(j for j, _, _ in starts[:5]) + (", ..." if len(starts) > 5 else "")
 
     def write(conn: sqlite3.Connection) -> list[Event]:
-        if conn.executemany(q.START_JOB, begin).rowcount != len(begin):
+        conn.execute(q.START_JOBS, params)
+        if _changes(conn) != len(starts):
             raise IllegalTransition(f"request {request_id}: not every job was PENDING ({ids})")
         try:
-            conn.executemany(q.INSERT_LOG, logs)
+            conn.execute(q.INSERT_LOGS, params)
         except sqlite3.IntegrityError as exc:
             raise IllegalTransition(
                 f"request {request_id}: a try was already journaled ({ids})"
             ) from exc
-        return _events(conn, events)
+        return _events_of(conn, request_id, at, events)
 
     return write
 
