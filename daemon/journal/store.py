@@ -50,6 +50,8 @@ __all__ = [
 T = TypeVar("T")
 
 MAX_PAGE = 10_000
+#: the oldest SQLite the journal's statements run on (MATERIALIZED CTEs came in 3.35.0)
+MIN_SQLITE = (3, 35, 0)
 
 
 class Journal:
@@ -74,7 +76,15 @@ class Journal:
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "NORMAL") -> Journal:
-        """Open (creating and migrating if needed) a journal; refuses foreign or newer files."""
+        """Open (creating and migrating if needed) a journal; refuses foreign or newer files,
+        and an SQLite library too old for the journal's statements."""
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            need = ".".join(map(str, MIN_SQLITE))
+            raise JournalError(
+                f"SQLite {sqlite3.sqlite_version} is too old for the journal (it needs {need}:"
+                " UPDATE ... FROM, MATERIALIZED common table expressions, JSON functions);"
+                " use a Python built with a newer SQLite"
+            )
         p = Path(path)
         writer_db, reader_db, applied = await schema.open_connections(p, synchronous)
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.journal import Journal, TryEnd, checkpoint
-from daemon.journal.errors import IllegalTransition
+from daemon.journal.errors import IllegalTransition, JournalError
 from daemon.journal.writer import run_in_connection_thread
 from daemon.model import JobState
 from tests.integration.journal_helpers import T0, make_chain, make_record
@@ -233,3 +233,14 @@ async def test_a_batch_with_one_bad_row_changes_nothing(
         assert j.stats.healthy
     finally:
         await j.close()
+
+
+async def test_an_sqlite_too_old_for_the_statements_is_refused_at_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon.journal import store
+
+    monkeypatch.setattr(store, "MIN_SQLITE", (99, 0, 0))
+    with pytest.raises(JournalError, match=r"too old for the journal \(it needs 99\.0\.0"):
+        await Journal.open(tmp_path / "j.db")
+    assert not (tmp_path / "j.db").exists()
