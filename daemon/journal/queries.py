@@ -65,8 +65,11 @@ INSERT_REQUEST = """INSERT INTO requests (
 
 INSERT_CHAIN = "INSERT INTO chains (request_id, chain) VALUES (:request_id, :chain)"
 
-INSERT_JOB = """INSERT INTO jobs (request_id, job_id, name, type, scope, kind, state)
-VALUES (:request_id, :job_id, :name, :type, :scope, :kind, 'PENDING')"""
+#: :jobs = [[job_id, name, type, scope, kind], ...], all PENDING (one statement: see START_JOBS)
+INSERT_JOBS = """INSERT INTO jobs (request_id, job_id, name, type, scope, kind, state)
+SELECT :request_id, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+    json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'), 'PENDING'
+FROM json_each(:jobs) ORDER BY key"""
 
 LAST_ROWID = "SELECT last_insert_rowid()"
 

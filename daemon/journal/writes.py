@@ -10,7 +10,7 @@ is a compare-and-set: the UPDATE names the states it may leave; a row count of 0
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -55,15 +55,15 @@ def _event(
     return rows.event_from_params(cur.lastrowid, params)
 
 
-def _job_params(request_id: str, job: ChainJob) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "job_id": job.id,
-        "name": job.name,
-        "type": job.type,
-        "scope": job.scope,
-        "kind": job.kind.value,
-    }
+def _jobs_params(request_id: str, jobs: Iterable[ChainJob]) -> dict[str, Any]:
+    """INSERT_JOBS's parameters: every job in one JSON array."""
+    rows_ = [[j.id, j.name, j.type, j.scope, j.kind.value] for j in jobs]
+    return {"request_id": request_id, "jobs": rows.to_json(rows_), "n": len(rows_)}
+
+
+def _insert_jobs(conn: sqlite3.Connection, params: dict[str, Any]) -> None:
+    if params["n"]:
+        conn.execute(q.INSERT_JOBS, {"request_id": params["request_id"], "jobs": params["jobs"]})
 
 
 def _refuse_request(
@@ -116,7 +116,7 @@ def make_create_request(
 ) -> Write:
     request = rows.request_params(rec, idempotency_key, body_hash)
     chain_row = {"request_id": rec.id, "chain": rows.to_json(chain)}
-    jobs = [_job_params(rec.id, job) for job in chain.jobs.values()]
+    jobs = _jobs_params(rec.id, chain.jobs.values())
 
     def write(conn: sqlite3.Connection) -> list[Event]:
         try:
@@ -130,7 +130,7 @@ def make_create_request(
                     ) from exc
             raise AlreadyExists(f"request {rec.id} already exists") from exc
         conn.execute(q.INSERT_CHAIN, chain_row)
-        conn.executemany(q.INSERT_JOB, jobs)
+        _insert_jobs(conn, jobs)
         return [_event(conn, rec.id, "request", rec.state.value, rec.created_at, detail="created")]
 
     return write
@@ -406,7 +406,7 @@ def make_interrupt_try(
 def make_apply_patch(request_id: str, patch: ChainPatch, at: float) -> Write:
     key = {"request_id": request_id, "job_id": patch.deferred}
     patch_row = {"request_id": request_id, "deferred": patch.deferred, "patch": rows.to_json(patch)}
-    jobs = [_job_params(request_id, job) for job in patch.jobs]
+    jobs = _jobs_params(request_id, patch.jobs)
     detail = f"{patch.deferred}: added {len(patch.jobs)} jobs"
 
     def write(conn: sqlite3.Connection) -> list[Event]:
@@ -417,7 +417,7 @@ def make_apply_patch(request_id: str, patch: ChainPatch, at: float) -> Write:
         n = conn.execute(q.NEXT_PATCH_NUMBER, {"request_id": request_id}).fetchone()[0]
         conn.execute(q.INSERT_PATCH, {**patch_row, "n": n})
         try:
-            conn.executemany(q.INSERT_JOB, jobs)
+            _insert_jobs(conn, jobs)
         except sqlite3.IntegrityError as exc:
             raise IllegalTransition(
                 f"expanding {patch.deferred} of request {request_id} adds a job id that exists"
