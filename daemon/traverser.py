@@ -956,8 +956,9 @@ class Traverser:
 
         def done() -> None:
             self.busy.discard(jid)
-            self.state[jid] = JobState.FAIL
-            self.failed = True
+            # a failed job like any other: its sequence is retried if it has tries left (the
+            # retry runs again the jobs that set what the node expands over)
+            self._to_failed(jid)
 
         self._write(f"expand-fail {jid}", write, done)
 
