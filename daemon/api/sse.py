@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -27,7 +26,6 @@ from daemon.model import Event, RequestState
 HEARTBEAT = b": heartbeat\n\n"
 _encoder = msgspec.json.Encoder()
 _NAME = re.compile(r"[^A-Za-z0-9_.-]")
-_DONE = object()
 
 
 class EndView(msgspec.Struct, kw_only=True, rename="camel"):
@@ -46,13 +44,6 @@ def format_end(request_id: str, state: str) -> bytes:
     return b"event: end\ndata: %s\n\n" % _encoder.encode(
         EndView(request_id=request_id, state=state)
     )
-
-
-async def _next(it: AsyncIterator[Event]) -> Any:
-    try:
-        return await anext(it)
-    except StopAsyncIteration:
-        return _DONE
 
 
 async def _safe(final_state: Callable[[], Awaitable[str]]) -> str:
@@ -75,7 +66,13 @@ async def stream(
     stop: asyncio.Event,
     final_state: Callable[[], Awaitable[str]],
 ) -> web.StreamResponse:
-    """Send `events` as SSE until they end (then `end`), the client goes, or `stop` is set."""
+    """Send `events` as SSE until they end (then `end`), the client goes, or `stop` is set.
+
+    One task (the pump) takes events as they come and formats them into a buffer; this
+    coroutine writes whatever the buffer holds whenever it wakes. Events come in bursts (a
+    commit's events are published together, and the pump takes all that are queued before it
+    waits again), so a burst goes out in one write, and a stream costs two tasks, not a task
+    and a wait per event."""
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -84,51 +81,54 @@ async def stream(
         }
     )
     await resp.prepare(request)
-    stopping = asyncio.create_task(stop.wait(), name=f"sse-stop-{request_id}")
-    pending: asyncio.Task[Any] | None = None
-    last_state = ""
-    # Events often come in bursts (a job's end and its successor's start share a commit): what
-    # is already there goes out in one write, not one write (and one send) per event.
+    loop = asyncio.get_running_loop()
     buf: list[bytes] = [b": stream of request %s\n\n" % request_id.encode()]
+    last_state = ""
+    wake: asyncio.Future[None] | None = None
+
+    def kick(_: object = None) -> None:
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def pump() -> None:
+        nonlocal last_state
+        async for ev in events:
+            if ev.kind == "request":
+                last_state = ev.state
+            buf.append(format_event(ev))
+            kick()
+
+    pumper = asyncio.create_task(pump(), name=f"sse-pump-{request_id}")
+    stopping = asyncio.create_task(stop.wait(), name=f"sse-stop-{request_id}")
+    pumper.add_done_callback(kick)
+    stopping.add_done_callback(kick)
     try:
         while True:
-            if pending is None:
-                pending = asyncio.create_task(_next(events), name=f"sse-next-{request_id}")
-            if not pending.done() and buf:
-                await asyncio.sleep(0)  # one loop turn: a queued event completes it at once
-                if not pending.done():
-                    await resp.write(b"".join(buf))
-                    buf.clear()
-            if not pending.done():
-                done, _ = await asyncio.wait(
-                    {pending, stopping}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
-                )
-                if stopping in done:
-                    break
-                if pending not in done:
-                    await resp.write(HEARTBEAT)
-                    continue
-            item = pending.result()
-            pending = None
-            if item is _DONE:
-                state = last_state if _final(last_state) else await _safe(final_state)
-                buf.append(format_end(request_id, state))
+            if buf:
+                data = b"".join(buf)
+                buf.clear()
+                await resp.write(data)
+                continue  # more may have come while it was written
+            if pumper.done() or stopping.done():
                 break
-            assert isinstance(item, Event)
-            if item.kind == "request":
-                last_state = item.state
-            buf.append(format_event(item))
-        if buf:
-            await resp.write(b"".join(buf))
+            wake = loop.create_future()
+            timer = loop.call_later(heartbeat, kick)
+            try:
+                await wake
+            finally:
+                timer.cancel()
+            if not buf and not pumper.done() and not stopping.done():
+                await resp.write(HEARTBEAT)  # nothing for `heartbeat` seconds
+        if pumper.done() and not stopping.done():
+            pumper.result()  # a failure of the event source surfaces here
+            state = last_state if _final(last_state) else await _safe(final_state)
+            await resp.write(format_end(request_id, state))
         await resp.write_eof()
     except ConnectionResetError:
         pass  # the client went away
     finally:
-        for task in (pending, stopping):
-            if task is not None and not task.done():
+        for task in (pumper, stopping):
+            if not task.done():
                 task.cancel()
                 await asyncio.wait({task})
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
     return resp
