@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from loguru import logger
@@ -90,8 +91,17 @@ class Runtime:
         )
         state = ChainState(state={j: JobState.PENDING for j in chain.jobs})
         self._start(rec.id, chain, ScopeVars(chain), state, user, fresh=True)
-        view = await self.journal.get_view(rec.id)
-        assert view is not None
+        # the request as its commit left it (no read back: the traverser has not run yet)
+        view = RequestView(
+            id=rec.id,
+            type=rec.type,
+            state=rec.state,
+            user=rec.user,
+            args=rec.args,
+            created_at=datetime.fromtimestamp(rec.created_at, UTC),
+            total_jobs=len(chain.jobs),
+            trace_id=rec.trace_id,
+        )
         return view, True
 
     async def _idempotent(self, key: str, body_hash: str) -> RequestView | None:
