@@ -204,34 +204,6 @@ def _end_rows(
     return job, log, event
 
 
-def make_job_finished(
-    request_id: str,
-    job_id: str,
-    try_no: int,
-    *,
-    log_state: JobState,
-    job_state: JobState,
-    exit: int | None,
-    error: str,
-    stdout: str,
-    stderr: str,
-    outputs: dict[str, Any],
-    at: float,
-) -> Write:
-    end = TryEnd(
-        job_id=job_id,
-        try_no=try_no,
-        log_state=log_state,
-        job_state=job_state,
-        exit=exit,
-        error=error,
-        stdout=stdout,
-        stderr=stderr,
-        outputs=outputs,
-    )
-    return make_try_ended(request_id, end, at)
-
-
 def make_try_ended(request_id: str, end: TryEnd, at: float) -> Write:
     """CAS the job RUNNING -> end.job_state and its try's log row -> end.log_state (the
     starts of `end.then_start` are not written here: see `make_tries_ended`)."""
