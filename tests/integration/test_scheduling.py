@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from daemon.model import JobState, RequestState
-from daemon.traverser import Traverser
+from daemon.windows import EachWindows
 from tests.bench.harness import Rig
 
 SPECS = """
@@ -167,14 +167,14 @@ async def test_scheduling_work_grows_with_jobs_started(
     """Each job is checked against its group's limit a bounded number of times (with every
     waiting job looked at on every event, this grew as n^2)."""
     checks = 0
-    real = Traverser._full_group
+    real = EachWindows.full
 
-    def counted(self: Traverser, jid: str) -> tuple[str, str] | None:
+    def counted(self: EachWindows, jid: str) -> tuple[str, str] | None:
         nonlocal checks
         checks += 1
         return real(self, jid)
 
-    monkeypatch.setattr(Traverser, "_full_group", counted)
+    monkeypatch.setattr(EachWindows, "full", counted)
     async with Rig.open(tmp_path, log=False, extra_specs={"t.yaml": SPECS}) as rig:
         rid, _ = await rig.run("wide", items=[f"h{i}" for i in range(n)])
         view = await rig.journal.get_view(rid)
