@@ -47,17 +47,24 @@ def _chain(conn: sqlite3.Connection, request_id: str) -> Chain:
     return chain
 
 
+def _jobs(conn: sqlite3.Connection, request_id: str) -> dict[str, rows.JobRow]:
+    return rows.jobs_from_json(conn.execute(q.GET_JOBS, {"request_id": request_id}).fetchone()[0])
+
+
 def load_request(conn: sqlite3.Connection, request_id: str) -> LoadedRequest | None:
     key = {"request_id": request_id}
     row = conn.execute(q.GET_REQUEST, key).fetchone()
     if row is None:
         return None
+    jobs = _jobs(conn, request_id)
+    done = [j for j in jobs.values() if j.state == JobState.COMPLETE and j.finish_order is not None]
+    done.sort(key=lambda j: j.finish_order or 0)
     return LoadedRequest(
         record=rows.request_from_row(row),
         chain=_chain(conn, request_id),
-        jobs={r["job_id"]: rows.job_from_row(r) for r in conn.execute(q.GET_JOBS, key)},
+        jobs=jobs,
         scope_tries={r["scope_id"]: r["tries"] for r in conn.execute(q.GET_SCOPE_TRIES, key)},
-        completed_order=[r["job_id"] for r in conn.execute(q.COMPLETED_ORDER, key)],
+        completed_order=[j.job_id for j in done],
         running_tries=[
             (r["job_id"], r["try"], r["boot_id"]) for r in conn.execute(q.RUNNING_TRIES, key)
         ],
@@ -74,10 +81,7 @@ def get_request(conn: sqlite3.Connection, request_id: str) -> RequestDetail | No
     if view is None:
         return None
     chain = _chain(conn, request_id)
-    states = {
-        r["job_id"]: rows.job_from_row(r)
-        for r in conn.execute(q.GET_JOBS, {"request_id": request_id})
-    }
+    states = _jobs(conn, request_id)
     jobs = []
     for job in chain.jobs.values():
         state = states.get(job.id)
