@@ -1,7 +1,9 @@
 """Prometheus metrics on a private registry, served by `GET /metrics`.
 
 Each daemon (and each test) owns one :class:`Metrics`; nothing touches prometheus-client's
-global registry. Label values must stay few: `route` is the route's template
+global registry. The metrics updated per job try, per journal commit and per API call are
+loop-owned plain numbers (`daemon.loopmetrics`: no lock, no label lookup per update); the rest
+are prometheus-client objects. Label values must stay few: `route` is the route's template
 (`/api/v1/requests/{id}`), never the raw path; `type` is a job type; `outcome` a try's end state.
 """
 
@@ -14,11 +16,11 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     ProcessCollector,
 )
 from prometheus_client.exposition import choose_encoder
 
+from daemon.loopmetrics import LoopMetrics
 from daemon.model import RequestState
 
 #: Job tries last from milliseconds (noop) to hours (deploys).
@@ -38,31 +40,27 @@ class Metrics:
         self.requests = Gauge(
             "spind_requests", "Requests in the journal, by state.", ["state"], registry=r
         )
-        self.jobs_running = Gauge("spind_jobs_running", "Job tries running now.", registry=r)
-        self.job_tries = Counter(
-            "spind_job_tries",
-            "Job tries finished, by job type and outcome.",
-            ["type", "outcome"],
-            registry=r,
+        hot = LoopMetrics(r)
+        self.jobs_running = hot.gauge("spind_jobs_running", "Job tries running now.")
+        self.job_tries = hot.counter(
+            "spind_job_tries", "Job tries finished, by job type and outcome.", ["type", "outcome"]
         )
-        self.job_duration = Histogram(
+        self.job_duration = hot.histogram(
             "spind_job_duration_seconds",
             "Duration of finished job tries, by job type.",
+            JOB_DURATION_BUCKETS,
             ["type"],
-            buckets=JOB_DURATION_BUCKETS,
-            registry=r,
         )
-        self.journal_commit = Histogram(
-            "spind_journal_commit_seconds",
-            "Time to commit one journal batch.",
-            buckets=COMMIT_BUCKETS,
-            registry=r,
+        self.journal_commit = hot.histogram(
+            "spind_journal_commit_seconds", "Time to commit one journal batch.", COMMIT_BUCKETS
         )
-        self.journal_batch = Histogram(
-            "spind_journal_batch_size",
-            "Records written per journal commit.",
-            buckets=BATCH_BUCKETS,
-            registry=r,
+        self.journal_batch = hot.histogram(
+            "spind_journal_batch_size", "Records written per journal commit.", BATCH_BUCKETS
+        )
+        self.api_requests = hot.counter(
+            "spind_api_requests",
+            "API requests served, by method, route template and status.",
+            ["method", "route", "status"],
         )
         self.loop_lag = Gauge(
             "spind_event_loop_lag_seconds",
@@ -71,12 +69,6 @@ class Metrics:
         )
         self.chains_resumed = Counter(
             "spind_chains_resumed", "Chains resumed from the journal at start.", registry=r
-        )
-        self.api_requests = Counter(
-            "spind_api_requests",
-            "API requests served, by method, route template and status.",
-            ["method", "route", "status"],
-            registry=r,
         )
         self.spec_reloads = Counter(
             "spind_spec_reloads", "Spec (re)loads, by result (ok, error).", ["result"], registry=r
@@ -100,16 +92,21 @@ class Metrics:
             if name not in RequestState.__members__:
                 self.requests.labels(state=name).set(n)
 
+    def job_try_started(self) -> None:
+        self.jobs_running.value += 1
+
     def job_try_finished(self, job_type: str, outcome: str, seconds: float) -> None:
-        self.job_tries.labels(type=job_type, outcome=outcome).inc()
-        self.job_duration.labels(type=job_type).observe(max(seconds, 0.0))
+        """A try ended (it was counted running by `job_try_started`)."""
+        self.jobs_running.value -= 1
+        self.job_tries.inc((job_type, outcome))
+        self.job_duration.observe(max(seconds, 0.0), (job_type,))
 
     def journal_committed(self, seconds: float, records: int) -> None:
         self.journal_commit.observe(max(seconds, 0.0))
         self.journal_batch.observe(records)
 
     def api_request(self, method: str, route: str, status: int) -> None:
-        self.api_requests.labels(method=method, route=route, status=str(status)).inc()
+        self.api_requests.inc((method, route, str(status)))
 
     def spec_reload(self, ok: bool) -> None:
         self.spec_reloads.labels(result="ok" if ok else "error").inc()

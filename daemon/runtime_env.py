@@ -103,7 +103,6 @@ class RuntimeEnv:
         self.now = now
         self.last_journal_error = ""
         self.last_journal_error_at = 0.0
-        self._job_metrics: dict[tuple[str, JobState], tuple[Any, Any]] = {}
         #: the writer's commit count when that error happened: a later commit clears it
         self.commits_at_error = 0
 
@@ -122,19 +121,8 @@ class RuntimeEnv:
 
     def metrics_job_started(self, type_name: str) -> None:
         if self.metrics is not None:
-            self.metrics.jobs_running.inc()
+            self.metrics.job_try_started()
 
     def metrics_job_ended(self, type_name: str, state: JobState, seconds: float) -> None:
         if self.metrics is not None:
-            self.metrics.jobs_running.dec()
-            # labels() takes a lock and builds a key each call: keep the children per label
-            key = (type_name, state)
-            children = self._job_metrics.get(key)
-            if children is None:
-                children = (
-                    self.metrics.job_tries.labels(type=type_name, outcome=str(state)),
-                    self.metrics.job_duration.labels(type=type_name),
-                )
-                self._job_metrics[key] = children
-            children[0].inc()
-            children[1].observe(seconds)
+            self.metrics.job_try_finished(type_name, state.value, seconds)

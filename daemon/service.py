@@ -211,6 +211,10 @@ class Service:
             last_journal_error=stats.last_error or recent_error,
         )
 
+    def api_call(self, method: str, route: str, status: int) -> None:
+        if self._metrics is not None:
+            self._metrics.api_request(method, route, status)
+
     def metrics(self) -> tuple[bytes, str]:
         if self._metrics is None:
             return b"", "text/plain; version=0.0.4"

@@ -22,7 +22,7 @@ from daemon.api.auth import LIVE, ApiSettings, AuthSettings, LiveSettings, auth_
 from daemon.api.errors import error_middleware
 from daemon.api.protocol import ControlService
 from daemon.api.routes import HEARTBEAT, OPENAPI, ROUTES, SERVICE, STREAMS_STOP
-from daemon.api.trace import add_trace_header, trace_middleware
+from daemon.api.trace import COUNT_CALL, add_trace_header, trace_middleware
 
 SOCKET_MODE = 0o660
 #: connections the kernel queues before we accept them (aiohttp's default of 128 makes a burst
@@ -45,6 +45,7 @@ def make_app(
         middlewares=[trace_middleware, error_middleware, auth_middleware],
     )
     app[SERVICE] = service
+    app[COUNT_CALL] = service.api_call
     app[LIVE] = LiveSettings(ApiSettings(auth=auth, max_body_bytes=max_body_bytes))
     app[HEARTBEAT] = heartbeat
     app[STREAMS_STOP] = asyncio.Event()

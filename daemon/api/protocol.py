@@ -102,3 +102,7 @@ class ControlService(Protocol):
     def metrics(self) -> tuple[bytes, str]:
         """(Prometheus exposition body, its content type)."""
         ...
+
+    def api_call(self, method: str, route: str, status: int) -> None:
+        """Count one answered HTTP call (`route`: the route's template, never the raw path)."""
+        ...

@@ -1,8 +1,9 @@
 """Trace ids: one per HTTP call, taken from the client's `X-Request-Id` when it is sane.
 
 The outermost middleware picks the id, runs the handler inside `logger.contextualize(trace_id=...)`
-so every log line of the call carries it, and writes one access-log line when the call ends
-(INFO for changes and failures, DEBUG for successful reads).
+so every log line of the call carries it, and when the call ends writes one access-log line
+(INFO for changes and failures, DEBUG for successful reads) and counts it (`COUNT_CALL`: method,
+route template, status, for the `spind_api_requests` metric).
 The response header is set in `on_response_prepare`, so that streamed responses (SSE) and error
 responses carry it too.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -22,6 +24,11 @@ HEADER = "X-Request-Id"
 TRACE_ID = web.RequestKey("trace_id", str)
 #: who made the call, for the access log (set by the auth middleware)
 CALLER = web.RequestKey("caller", str)
+
+#: the app's call counter: (method, route template, status) of every answered call
+COUNT_CALL: web.AppKey[Callable[[str, str, int], None]] = web.AppKey("count_call")
+#: the route of a call that matched none (a 404 or 405 of the router)
+UNMATCHED = "unmatched"
 
 _VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -65,6 +72,16 @@ async def trace_middleware(request: web.Request, handler: Handler) -> web.Stream
                 user=request.get(CALLER, "-"),
                 action="http_access",
             )
+            count = request.app.get(COUNT_CALL)
+            if count is not None:
+                count(request.method, route_of(request), status)
+
+
+def route_of(request: web.Request) -> str:
+    """The template of the route the call matched (`/api/v1/requests/{id}`), else UNMATCHED:
+    a metric label must never be the raw path (one series per id)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
 
 
 async def add_trace_header(request: web.BaseRequest, response: web.StreamResponse) -> None:

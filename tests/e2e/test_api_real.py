@@ -564,6 +564,46 @@ def test_metrics_are_prometheus_text(via: Via) -> None:
     assert samples and all(len(s.split()) >= 2 for s in samples)
 
 
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_every_try_commit_and_call(tmp_path: Path) -> None:
+    """A daemon of its own (nothing else runs): the tries of one request, the journal's
+    commits and the API calls that made it are all counted."""
+    daemon = Daemon(tmp_path, SPECS, port=free_port())
+    with serving(daemon):
+        via = Via("socket", daemon)
+        before = _samples(via("GET", "/metrics").raw.decode())
+        rid = via.create("breaks", marker=marker(daemon))["id"]
+        assert via.wait(rid)["state"] == "FAIL"  # first COMPLETE, flaky FAIL (no retry)
+        after = _samples(via("GET", "/metrics").raw.decode())
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("spind_job_tries_total", type="shell", outcome="COMPLETE") == 1
+    assert delta("spind_job_tries_total", type="shell", outcome="FAIL") == 1
+    assert delta("spind_job_duration_seconds_count", type="shell") == 2
+    assert delta("spind_job_duration_seconds_bucket", type="shell", le="+Inf") == 2
+    assert delta("spind_job_duration_seconds_sum", type="shell") > 0
+    assert after[("spind_jobs_running", ())] == 0
+    post = {"method": "POST", "route": "/api/v1/requests", "status": "201"}
+    assert delta("spind_api_requests_total", **post) == 1
+    assert delta("spind_api_requests_total", method="GET", route="/metrics", status="200") == 1
+    commits = delta("spind_journal_commit_seconds_count")
+    assert commits >= 3  # the request, its tries' starts and ends (some share a commit)
+    assert delta("spind_journal_batch_size_count") == commits
+    assert delta("spind_journal_batch_size_sum") >= commits
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"

@@ -99,6 +99,8 @@ class FakeService:
         self.logs: dict[str, list[JobLogRow]] = {}
         self.idempotency: dict[str, tuple[str, str]] = {}
         self.calls: list[tuple[Any, ...]] = []
+        #: (method, route template, status) of every answered HTTP call
+        self.api_calls: list[tuple[str, str, int]] = []
         self.seq = 0
         self.open_streams = 0
         self._changed = asyncio.Condition()
@@ -408,6 +410,9 @@ class FakeService:
             loop_lag_ms=0.5,
             shutting_down=self.shutting_down,
         )
+
+    def api_call(self, method: str, route: str, status: int) -> None:
+        self.api_calls.append((method, route, status))
 
     def metrics(self) -> tuple[bytes, str]:
         self.calls.append(("metrics",))

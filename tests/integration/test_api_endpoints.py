@@ -353,3 +353,21 @@ async def test_plain_http_client_over_the_unix_socket(srv: Served) -> None:
     assert text.startswith("HTTP/1.1 201")
     assert "x-request-id: curl-1" in text.lower()
     assert len(srv.service.requests) == 1
+
+
+async def test_every_answered_call_is_counted_by_route_template(srv: Served) -> None:
+    rid = await _start(srv)
+    async with srv.tcp() as c:
+        await call(c, "GET", f"/api/v1/requests/{rid}")
+        await call(c, "GET", "/api/v1/requests/01ARZ3NDEKTSV4RRFFQ69G5FAV")  # 404 of the service
+        await call(c, "GET", "/api/v1/no/such/route")  # 404 of the router
+        await call(c, "DELETE", "/api/v1/requests")  # 405 of the router
+        await call(c, "POST", "/api/v1/requests", data=b"{not json")  # 400
+    assert srv.service.api_calls == [
+        ("POST", "/api/v1/requests", 201),
+        ("GET", "/api/v1/requests/{id}", 200),
+        ("GET", "/api/v1/requests/{id}", 404),
+        ("GET", "unmatched", 404),
+        ("DELETE", "unmatched", 405),
+        ("POST", "/api/v1/requests", 400),
+    ]

@@ -146,3 +146,42 @@ async def test_loop_lag_monitor_sees_a_blocked_loop() -> None:
 async def test_loop_lag_monitor_rejects_a_bad_interval() -> None:
     with pytest.raises(ValueError, match="positive"):
         await loop_lag_monitor(Metrics(process=False), interval=0)
+
+
+@pytest.mark.parametrize(
+    ("value", "first_le"),
+    [
+        (0.0, "0.01"),
+        (0.01, "0.01"),
+        (0.010001, "0.05"),
+        (1.0, "1.0"),
+        (14400.0, "14400.0"),
+        (1e9, "+Inf"),
+    ],
+)
+def test_a_value_counts_in_the_first_bucket_it_fits(value: float, first_le: str) -> None:
+    m = Metrics(process=False)
+    m.job_try_started()
+    m.job_try_finished("noop", "COMPLETE", value)
+    got = samples(m)
+    buckets = {
+        labels[0][1]: n
+        for (name, labels), n in got.items()
+        if name == "spind_job_duration_seconds_bucket"
+    }
+    les = list(buckets)
+    assert [buckets[le] for le in les] == [
+        float(les.index(le) >= les.index(first_le)) for le in les
+    ]
+    assert got[("spind_jobs_running", ())] == 0
+
+
+def test_loop_histogram_needs_ascending_distinct_buckets() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from daemon.loopmetrics import LoopMetrics
+
+    hot = LoopMetrics(CollectorRegistry())
+    for bad in ([], [1, 1], [2, 1]):
+        with pytest.raises(ValueError, match="ascending and distinct"):
+            hot.histogram("x", "x", bad)
