@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 from loguru import logger
 
-from daemon import __version__, gcpolicy, leftovers
+from daemon import __version__, eventloop, gcpolicy, leftovers
 from daemon.api.app import make_app, start_sites, update_settings
 from daemon.api.auth import AuthSettings
 from daemon.backup import JournalLock
@@ -481,6 +481,12 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> int:
     setup_logging(cfg.log.level, cfg.log.format)
     if file:
         logger.info("config {}", file)
+    try:
+        factory, loop_name = eventloop.loop_factory(cfg.event_loop)
+    except eventloop.LoopUnavailable as exc:
+        logger.error("config: {}", exc.message)
+        return EXIT_REFUSED
+    logger.info("event loop: {}", loop_name)
     gcpolicy.configure()
     # Closing the loop puts back the default action of the signals it handled (death): a late
     # SIGTERM, SIGINT or SIGHUP while the daemon winds down must not turn a clean stop into
@@ -488,7 +494,7 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> int:
     # once it has.
     late = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     try:
-        with asyncio.Runner() as runner:
+        with asyncio.Runner(loop_factory=factory) as runner:
             try:
                 return runner.run(Daemon(cfg, file, overrides).run())
             finally:

@@ -29,7 +29,7 @@ from daemon.errors import SpindError
 #: Largest config file read, in bytes.
 MAX_FILE_BYTES = 1024 * 1024
 #: Keys that only take effect at start: a SIGHUP reload warns about them and keeps the old value.
-RESTART_KEYS = ("listen", "socket", "journal", "synchronous", "tls")
+RESTART_KEYS = ("listen", "socket", "journal", "synchronous", "tls", "event_loop")
 #: Keys given as durations (seconds).
 DURATION_KEYS = frozenset({"shutdown_grace", "job_stop_grace", "retention", "prune_interval"})
 #: Longest path a Unix socket address can hold (sun_path is 108 bytes with its NUL).
@@ -115,6 +115,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_jobs_per_request: Positive = 100000
     max_each_elements: Positive = 100000
     max_sequence_depth: Positive = 32
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     tls: TLSConfig | None = None
     auth: AuthConfig | None = None

@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tests.bench import report
 
@@ -46,6 +46,10 @@ SCALING_SIZES = (100, 1_000, 10_000, 100_000)
 QUICK_SCALING_SIZES = (100, 1_000, 10_000)
 _GENERIC = re.compile(r"(chain|fanout)-(\d+)(-full)?")
 CHILD_TIMEOUT = 3600.0
+#: the workloads whose runtime is a daemon subprocess (its loop set by SPIND_EVENT_LOOP)
+HTTP_WORKLOADS = frozenset({"requests-1000x10", "resume-100k", "api-read"})
+#: `--loop`, handed to the child and on to the daemons it starts
+LOOP_ENV = "SPIND_BENCH_LOOP"
 
 
 def resolve(name: str, quick: bool) -> Callable[[Path], Awaitable[dict[str, Any]]]:
@@ -108,14 +112,23 @@ def child(name: str, quick: bool, keep: bool) -> int:
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
-    from daemon import gcpolicy
+    from daemon import eventloop, gcpolicy
 
     gcpolicy.configure()  # as `spind serve` does
     fn = resolve(name, quick)
     root = Path(tempfile.mkdtemp(prefix=f"spind-bench-{name}-"))
     load = os.getloadavg()[0]  # other work on the machine makes every figure worse
     try:
-        result = asyncio.run(fn(root))
+        choice = os.environ.get(LOOP_ENV, "auto")
+        if name in HTTP_WORKLOADS:
+            # the runtime is the daemon's (its loop: `event_loop`); the clients' loop is asyncio's
+            result = asyncio.run(fn(root))
+            result["loop"] = eventloop.loop_factory(cast(eventloop.Choice, choice))[1]
+        else:
+            factory, result_loop = eventloop.loop_factory(cast(eventloop.Choice, choice))
+            with asyncio.Runner(loop_factory=factory) as runner:
+                result = runner.run(fn(root))
+            result["loop"] = result_loop
         result["load1"] = load
         if "peak_rss_mb" not in result:
             result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -167,8 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--json", help="write every run and the medians to this file")
     parser.add_argument("--keep", action="store_true", help="keep each run's directory")
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        help="the event loop of the runtime (the daemon's `event_loop`); the HTTP workloads' "
+        "clients always run on asyncio's own (default: auto, uvloop when installed)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.loop:
+        os.environ[LOOP_ENV] = args.loop  # the children and the daemons they start read it
     if args.child:
         return child(args.child, args.quick, args.keep)
     if args.repeat < 1:
