@@ -21,6 +21,7 @@ import msgspec
 from daemon.chain import Chain, ChainJob, ChainPatch, Group, JobKind, Scope, ScopeVars
 from daemon.duration import DurationError, parse_duration
 from daemon.errors import ArgError, BuildError
+from daemon.jobs.base import Job
 from daemon.spec import NOOP_SEQUENCE, Category, NodeSpec, SequenceSpec
 
 
@@ -43,6 +44,38 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _Ends = tuple[list[str], list[str]]  # (entry job ids, exit job ids) of a built piece
+
+
+class _JobTemplate(msgspec.Struct, kw_only=True):
+    """What every job a node makes shares (an `each` makes thousands from one node)."""
+
+    node: NodeSpec
+    type_name: str
+    inputs: list[tuple[str, str]]
+    sets: list[tuple[str, str]]
+    retry_wait: float
+    retry_max_wait: float | None
+    timeout: float | None
+    #: the job's type keeps Job's own create() and serialize(): building one gives no args and
+    #: no data, so once one was made (its constructor checked `with`), the others need not be
+    plain: bool = False
+
+
+class _CallTemplate(msgspec.Struct, kw_only=True):
+    """What every copy of a sequence that one node calls shares."""
+
+    node: NodeSpec
+    seq: SequenceSpec
+    imports: list[tuple[str, str]]
+    imported: frozenset[str]
+    #: the called sequence's optional args that the node does not pass, and its static args
+    defaults: dict[str, Any]
+    required: list[str]
+    retry: int
+    retry_wait: float
+    lifts: list[tuple[str, str]]
+
+
 #: a sequence, its nodes by name, their dependency order, the nodes some node depends on
 _Layout = tuple[SequenceSpec, dict[str, NodeSpec], list[str], frozenset[str]]
 
@@ -259,6 +292,8 @@ class _Builder:
         self.vars = _BuildVars(chain, base)
         self.recorded = self.vars.recorded
         self._layouts: dict[int, _Layout] = {}
+        self._templates: dict[int, _JobTemplate] = {}
+        self._calls: dict[tuple[int, int], _CallTemplate] = {}
 
     # ---- ids and scopes
 
@@ -351,30 +386,51 @@ class _Builder:
                 f"the chain would have more than {self.limits.max_jobs} jobs (max_jobs_per_request)"
             )
 
+    def _template(self, node: NodeSpec, where: str) -> _JobTemplate:
+        tmpl = self._templates.get(id(node))
+        if tmpl is None or tmpl.node is not node:
+            tmpl = _JobTemplate(
+                node=node,
+                type_name=node.type or "",
+                inputs=[
+                    (a.expected, a.given_name) for a in node.args if a is not None and a.expected
+                ],
+                sets=[(s.arg, s.as_name) for s in node.sets if s is not None and s.arg],
+                retry_wait=_duration(node.retryWait, "retryWait", where, 0.0) or 0.0,
+                retry_max_wait=_duration(node.retryMaxWait, "retryMaxWait", where, None),
+                timeout=_duration(node.timeout, "timeout", where, None),
+            )
+            self._templates[id(node)] = tmpl
+        return tmpl
+
     async def _job(self, node: NodeSpec, scope: str, where: str, extra: dict[str, Any]) -> str:
         self._count_job()
+        tmpl = self._template(node, where)
         args: dict[str, Any] = dict(extra)
-        inputs: list[tuple[str, str]] = []
-        for a in node.args:
-            if a is None or not a.expected:
-                continue
-            inputs.append((a.expected, a.given_name))
-            found, value = self.lookup(scope, a.given_name)
+        for expected, given in tmpl.inputs:
+            found, value = self.lookup(scope, given)
             if found:
-                args[a.expected] = value
-        sets = [(s.arg, s.as_name) for s in node.sets if s is not None and s.arg]
-        type_name = node.type or ""
-        try:
-            job = self.factory.make(type_name, name=node.name, with_=node.with_ or {})
-        except Exception as exc:
-            raise BuildError(f"{where}: job type {type_name!r}: {exc}") from exc
-        try:
-            outputs = await job.create(dict(args))
-            data = job.serialize()
-        except BuildError:
-            raise
-        except Exception as exc:
-            raise BuildError(f"{where}: create() of job type {type_name!r} failed: {exc}") from exc
+                args[expected] = value
+        sets = tmpl.sets
+        type_name = tmpl.type_name
+        outputs: dict[str, Any] = {}
+        data = b""
+        if not tmpl.plain:
+            try:
+                job = self.factory.make(type_name, name=node.name, with_=node.with_ or {})
+            except Exception as exc:
+                raise BuildError(f"{where}: job type {type_name!r}: {exc}") from exc
+            try:
+                outputs = await job.create(dict(args))
+                data = job.serialize()
+            except BuildError:
+                raise
+            except Exception as exc:
+                raise BuildError(
+                    f"{where}: create() of job type {type_name!r} failed: {exc}"
+                ) from exc
+            cls = type(job)
+            tmpl.plain = cls.create is Job.create and cls.serialize is Job.serialize
         if outputs:
             missing = [arg for arg, _ in sets if arg not in outputs]
             if missing:
@@ -385,22 +441,21 @@ class _Builder:
             for arg, as_ in sets:
                 self.set(scope, as_, outputs[arg])
         jid = self._id("j")
-        retry_wait = _duration(node.retryWait, "retryWait", where, 0.0) or 0.0
         self.chain.jobs[jid] = ChainJob(
             id=jid,
             name=node.name,
             type=type_name,
             scope=scope,
             args=args,
-            inputs=inputs,
-            sets=sets,
+            inputs=list(tmpl.inputs),
+            sets=list(sets),
             with_=dict(node.with_ or {}),
             retry=max(node.retry, 0),
-            retry_wait=retry_wait,
+            retry_wait=tmpl.retry_wait,
             retry_backoff=node.retryBackoff or 1.0,
-            retry_max_wait=_duration(node.retryMaxWait, "retryMaxWait", where, None),
+            retry_max_wait=tmpl.retry_max_wait,
             retry_on=list(node.retryOn) if node.retryOn is not None else None,
-            timeout=_duration(node.timeout, "timeout", where, None),
+            timeout=tmpl.timeout,
             on_interrupt=node.onInterrupt or "rerun",
             data=data or None,
         )
@@ -428,33 +483,56 @@ class _Builder:
                 f"{where}: sequences nest deeper than {self.limits.max_depth} "
                 f"(does {target!r} call itself through a conditional?)"
             )
-        imports = [(a.expected, a.given_name) for a in node.args if a is not None and a.expected]
-        vars_: dict[str, Any] = {}
-        for a in seq.args.optional:
-            if a is not None and a.name and not any(e == a.name for e, _ in imports):
-                vars_[a.name] = a.default if a.default is not None else ""
-        for a in seq.args.static:
-            if a is not None and a.name:
-                vars_[a.name] = a.default if a.default is not None else ""
-        vars_.update(extra)
-        # an `each` element passed under another name (`args: [{expected: x, given: element}]`)
-        vars_.update({e: extra[g] for e, g in imports if g in extra})
+        call = self._call_template(node, seq, where)
+        vars_ = dict(call.defaults)
+        if extra:
+            vars_.update(extra)
+            # an `each` element passed under another name (`args: [{expected: x, given: el}]`)
+            vars_.update({e: extra[g] for e, g in call.imports if g in extra})
         sid = self.new_scope(
             sequence=target,
             node=node.name,
             parent=scope,
             group=group,
-            retry=max(node.retry, 0) if node.category != Category.JOB else 0,
-            retry_wait=_duration(node.retryWait, "retryWait", where, 0.0) or 0.0,
+            retry=call.retry,
+            retry_wait=call.retry_wait,
             vars=vars_,
-            imports=imports,
-            lifts=[(s.arg, s.as_name) for s in node.sets if s is not None and s.arg],
+            imports=list(call.imports),
+            lifts=list(call.lifts),
         )
-        passed = {e for e, _ in imports} | set(extra)
-        for a in seq.args.required:
-            if a is not None and a.name and a.name not in passed:
-                raise BuildError(f"{where}: required arg {a.name!r} of {target!r} is not passed")
+        missing = [a for a in call.required if a not in call.imported and a not in extra]
+        if missing:
+            raise BuildError(f"{where}: required arg {missing[0]!r} of {target!r} is not passed")
         return await self.sequence(seq, sid, depth + 1)
+
+    def _call_template(self, node: NodeSpec, seq: SequenceSpec, where: str) -> _CallTemplate:
+        key = (id(node), id(seq))
+        call = self._calls.get(key)
+        if call is None or call.node is not node or call.seq is not seq:
+            imports = [
+                (a.expected, a.given_name) for a in node.args if a is not None and a.expected
+            ]
+            imported = frozenset(e for e, _ in imports)
+            defaults: dict[str, Any] = {}
+            for a in seq.args.optional:
+                if a is not None and a.name and a.name not in imported:
+                    defaults[a.name] = a.default if a.default is not None else ""
+            for a in seq.args.static:
+                if a is not None and a.name:
+                    defaults[a.name] = a.default if a.default is not None else ""
+            call = _CallTemplate(
+                node=node,
+                seq=seq,
+                imports=imports,
+                imported=imported,
+                defaults=defaults,
+                required=[a.name for a in seq.args.required if a is not None and a.name],
+                retry=max(node.retry, 0) if node.category != Category.JOB else 0,
+                retry_wait=_duration(node.retryWait, "retryWait", where, 0.0) or 0.0,
+                lifts=[(s.arg, s.as_name) for s in node.sets if s is not None and s.arg],
+            )
+            self._calls[key] = call
+        return call
 
     async def _conditional(
         self,
