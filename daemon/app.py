@@ -19,6 +19,7 @@ import ipaddress
 import os
 import signal
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Coroutine
@@ -79,6 +80,24 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def load_tls_pair(live: ssl.SSLContext, cert: str, key: str, scratch_dir: Path) -> None:
+    """Put the certificate chain and key of these files in force in `live`, or raise and
+    leave it as it was. Both files are read once into private copies (mode 0600) that a
+    scratch context loads first: OpenSSL would otherwise take a new certificate into `live`
+    and then refuse a key that does not match it, breaking every later handshake."""
+    scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="tls-", suffix=".pem", dir=scratch_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:  # mkstemp: mode 0600
+            out.write(Path(cert).read_bytes())
+            out.write(b"\n")
+            out.write(Path(key).read_bytes())
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(name)
+        live.load_cert_chain(name)
+    finally:
+        os.unlink(name)
+
+
 def _ssl(cfg: Config) -> ssl.SSLContext | None:
     if cfg.tls is None:
         return None
@@ -100,6 +119,10 @@ class Daemon:
         #: set by a reload so that the prune loop re-reads its interval at once
         self.prune_wake = asyncio.Event()
         self.bg: set[asyncio.Task[Any]] = set()
+        #: the TCP listener's TLS context (None without `tls`); a reload loads new files into it
+        self.ssl_context: ssl.SSLContext | None = None
+        #: where a reload copies the certificate and key it loads (the journal's private dir)
+        self.tls_scratch = Path(".")
 
     # ---- entry
 
@@ -197,12 +220,14 @@ class Daemon:
         self.app = app = make_app(
             self.service, auth=auth_settings(cfg), max_body_bytes=cfg.max_body_bytes
         )
+        self.tls_scratch = tmp_dir
         try:
+            self.ssl_context = _ssl(cfg)
             runner = await start_sites(
                 app,
                 listen=cfg.listen or None,
                 socket_path=cfg.socket or None,
-                ssl_context=_ssl(cfg),
+                ssl_context=self.ssl_context,
             )
         except (OSError, ValueError, ssl.SSLError) as exc:
             logger.error("cannot listen: {}", exc)
@@ -340,7 +365,7 @@ class Daemon:
             errors = [exc.message]  # it names the file (or variable), line and key
         else:
             new = self._keep_restart_keys(new)
-            errors = self._reload_refusals(new, file or "the config")
+            errors = self._reload_refusals(new, file or "the config") or self._reload_tls(new)
             if not errors:
                 self._apply(new)
                 return []
@@ -361,6 +386,20 @@ class Daemon:
                 ", ".join(fixed),
             )
         return msgspec.structs.replace(new, **kept)
+
+    def _reload_tls(self, new: Config) -> list[str]:
+        """Load the certificate and key again (renewed in place, or other files) into the
+        listener's TLS context: handshakes from now on use them, connections already open keep
+        theirs. The pair is read once and checked on a scratch context first, so that a
+        half-written or mismatched pair leaves the running one in force."""
+        if self.ssl_context is None or new.tls is None:
+            return []
+        try:
+            load_tls_pair(self.ssl_context, new.tls.cert, new.tls.key, self.tls_scratch)
+        except (OSError, ssl.SSLError) as exc:
+            return [f"tls: cannot load certificate {new.tls.cert} and key {new.tls.key}: {exc}"]
+        logger.info("reload: TLS certificate loaded from {}", new.tls.cert, action="reload")
+        return []
 
     def _reload_refusals(self, new: Config, file: str) -> list[str]:
         """Errors of a valid config that the running daemon must not take anyway."""

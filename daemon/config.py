@@ -134,8 +134,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         return [f for f in self.__struct_fields__ if getattr(self, f) != getattr(other, f)]
 
     def reloadable_diff(self, other: Config) -> list[str]:
-        """Changed keys that cannot change while running (a reload keeps their old values)."""
-        return [k for k in self.changed_keys(other) if k in RESTART_KEYS]
+        """Changed keys that cannot change while running (a reload keeps their old values).
+        `tls` needs a restart to be turned on or off; other certificate files are loaded live."""
+        keys = [k for k in self.changed_keys(other) if k in RESTART_KEYS]
+        if "tls" in keys and self.tls is not None and other.tls is not None:
+            keys.remove("tls")
+        return keys
 
 
 def hash_token(token: str) -> str:

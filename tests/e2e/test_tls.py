@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Daemon
+from tests.e2e.harness import Daemon, eventually
 
 pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command")
 
@@ -28,8 +29,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_https_listener(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+def make_cert(cert: Path, key: Path, cn: str = "localhost") -> None:
     subprocess.run(
         [
             "openssl",
@@ -41,7 +41,7 @@ def test_https_listener(tmp_path: Path) -> None:
             "-days",
             "1",
             "-subj",
-            "/CN=localhost",
+            f"/CN={cn}",
             "-addext",
             "subjectAltName=IP:127.0.0.1",
             "-keyout",
@@ -52,6 +52,11 @@ def test_https_listener(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
+
+
+def test_https_listener(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    make_cert(cert, key)
     port = free_port()
     cfg = tmp_path / "spind.yaml"
     cfg.write_text(f"tls: {{cert: {cert}, key: {key}}}\n")
@@ -72,5 +77,60 @@ def test_https_listener(tmp_path: Path) -> None:
             plain.request("GET", "/api/v1/version")
             plain.getresponse().read()
         plain.close()
+    finally:
+        d.close()
+
+
+def _served(port: int) -> str:
+    """The subject of the certificate the listener serves now (a new handshake)."""
+    pem = ssl.get_server_certificate(("127.0.0.1", port), timeout=10)
+    out = subprocess.run(
+        ["openssl", "x509", "-noout", "-subject"], input=pem.encode(), capture_output=True
+    )
+    return out.stdout.decode().strip()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_reload_loads_a_renewed_certificate_and_keeps_it_when_the_new_one_is_bad(
+    tmp_path: Path, loop: str
+) -> None:
+    pytest.importorskip(loop)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    make_cert(cert, key, "first")
+    port = free_port()
+    cfg = tmp_path / "spind.yaml"
+    cfg.write_text(f"event_loop: {loop}\ntls: {{cert: {cert}, key: {key}}}\n")
+    d = Daemon(
+        tmp_path, SPECS, env={"SPIND_CONFIG": str(cfg), "SPIND_LISTEN": f"127.0.0.1:{port}"}
+    ).start()
+    try:
+        assert _served(port).endswith("CN = first")
+        open_conn = ssl.create_default_context(cafile=str(cert)).wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1"
+        )
+        # renewed in place (as certbot or cert-manager do), then SIGHUP
+        make_cert(cert, key, "second")
+        d.signal(signal.SIGHUP)
+        eventually(lambda: d.log().count("TLS certificate loaded") == 1)
+        assert _served(port).endswith("CN = second")
+        # a connection made before the reload goes on with its own
+        assert "first" in str(open_conn.getpeercert())
+        open_conn.close()
+        # a key that does not match the certificate: refused, the running pair stays
+        other_cert, other_key = tmp_path / "other.pem", tmp_path / "other-key.pem"
+        make_cert(other_cert, other_key, "third")
+        key.write_bytes(other_key.read_bytes())
+        d.signal(signal.SIGHUP)
+        eventually(lambda: "tls: cannot load certificate" in d.log())
+        assert _served(port).endswith("CN = second")
+        status, health = d.call("GET", "/api/v1/health")
+        assert status == 200 and health["configOk"] is False
+        assert "tls: cannot load certificate" in health["configErrors"][0]
+        # fixed: the next reload takes it
+        cert.write_bytes(other_cert.read_bytes())
+        d.signal(signal.SIGHUP)
+        eventually(lambda: d.log().count("TLS certificate loaded") == 2)
+        assert _served(port).endswith("CN = third")
+        assert d.call("GET", "/api/v1/health")[1]["configOk"] is True
     finally:
         d.close()

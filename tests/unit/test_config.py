@@ -429,6 +429,20 @@ def test_reloadable_diff(changes: dict[str, Any], restart_needed: list[str]) -> 
 
 
 @pytest.mark.parametrize(
+    ("old_tls", "new_tls", "restart_needed"),
+    [
+        (None, TLSConfig(cert="/c", key="/k"), ["tls"]),  # turned on
+        (TLSConfig(cert="/c", key="/k"), None, ["tls"]),  # turned off
+        (TLSConfig(cert="/c", key="/k"), TLSConfig(cert="/c2", key="/k2"), []),  # loaded live
+    ],
+)
+def test_tls_needs_a_restart_only_to_turn_on_or_off(
+    old_tls: TLSConfig | None, new_tls: TLSConfig | None, restart_needed: list[str]
+) -> None:
+    assert Config(tls=old_tls).reloadable_diff(Config(tls=new_tls)) == restart_needed
+
+
+@pytest.mark.parametrize(
     ("listen", "address"),
     [
         ("127.0.0.1:32308", ("127.0.0.1", 32308)),
