@@ -521,11 +521,11 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> int:
     if file:
         logger.info("config {}", file)
     try:
-        factory, loop_name = eventloop.loop_factory(cfg.event_loop)
+        factory = eventloop.loop_factory(cfg.event_loop)
     except eventloop.LoopUnavailable as exc:
         logger.error("config: {}", exc.message)
         return EXIT_REFUSED
-    logger.info("event loop: {}", loop_name)
+    logger.info("event loop: {}", cfg.event_loop)
     gcpolicy.configure()
     # Closing the loop puts back the default action of the signals it handled (death): a late
     # SIGTERM, SIGINT or SIGHUP while the daemon winds down must not turn a clean stop into

@@ -115,7 +115,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_jobs_per_request: Positive = 100000
     max_each_elements: Positive = 100000
     max_sequence_depth: Positive = 32
-    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     tls: TLSConfig | None = None
     auth: AuthConfig | None = None

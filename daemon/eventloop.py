@@ -1,13 +1,14 @@
-"""Which event loop runs the daemon: asyncio's own, or uvloop (the optional `fast` extra).
+"""Which event loop runs the daemon: asyncio's own (the default), or uvloop (the optional
+`fast` extra).
 
-uvloop is a drop-in asyncio event loop built on libuv: its callbacks, tasks' wake-ups, timers
-and socket writes cost less than asyncio's pure-Python selector loop, which is where most of
-spind's time per HTTP call and per job try goes (see docs/performance.md). spind uses nothing
-that uvloop lacks (signal handlers, subprocesses, Unix and TCP servers, threads calling back
-into the loop), and the test suite runs the daemon on both.
-
-`event_loop` (config): `auto` takes uvloop when it is installed, else asyncio; `asyncio` and
-`uvloop` force one (`uvloop` refuses to start without it installed).
+uvloop is a drop-in asyncio event loop built on libuv: its callbacks, task wake-ups, timers and
+socket writes cost less than asyncio's pure-Python selector loop, which helps a daemon that
+serves many HTTP calls or runs many in-process jobs (`noop`, `sleep`, `http`, Python job
+types). It is not the default because it starts processes with fork() where CPython uses
+vfork(): on our 2-core machine a `shell` job's process took ~2.7 ms to start instead of
+~0.8 ms, and 500 `shell` jobs 32 at a time ran 4-5x slower (docs/performance.md). spind uses
+nothing that uvloop lacks (signal handlers, subprocesses, Unix and TCP servers, threads calling
+back into the loop); tests/e2e/test_event_loops.py runs the daemon on both.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Literal
 
 from daemon.errors import SpindError
 
-Choice = Literal["auto", "asyncio", "uvloop"]
+Choice = Literal["asyncio", "uvloop"]
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 
@@ -27,28 +28,19 @@ class LoopUnavailable(SpindError):
     """The configured event loop cannot be had."""
 
 
-def _uvloop_factory() -> LoopFactory | None:
+def loop_factory(choice: Choice) -> LoopFactory | None:
+    """The factory for `asyncio.Runner` (None: asyncio's own loop)."""
+    if choice == "asyncio":
+        return None
     try:
         module = importlib.import_module("uvloop")
-    except ImportError:
-        return None
+    except ImportError as exc:
+        raise LoopUnavailable(
+            f"event_loop: uvloop cannot be imported ({exc}); install it "
+            "(pip install 'spind[fast]') or set event_loop to asyncio"
+        ) from exc
     factory: LoopFactory = module.new_event_loop
     return factory
-
-
-def loop_factory(choice: Choice) -> tuple[LoopFactory | None, str]:
-    """(factory for `asyncio.Runner`, None for asyncio's default; the loop's name)."""
-    if choice == "asyncio":
-        return None, "asyncio"
-    factory = _uvloop_factory()
-    if factory is not None:
-        return factory, "uvloop"
-    if choice == "uvloop":
-        raise LoopUnavailable(
-            "event_loop: uvloop is not installed; install it (pip install 'spind[fast]') "
-            "or set event_loop to auto or asyncio"
-        )
-    return None, "asyncio"
 
 
 def running_loop_name() -> str:

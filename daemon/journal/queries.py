@@ -20,8 +20,6 @@ SYNCHRONOUS_LEVELS = ("NORMAL", "FULL", "EXTRA")
 SET_BUSY_TIMEOUT = "PRAGMA busy_timeout = {ms:d}"
 SET_FOREIGN_KEYS = "PRAGMA foreign_keys = ON"
 SET_QUERY_ONLY = "PRAGMA query_only = ON"
-#: the batches' MATERIALIZED CTEs and ORDER BYs build temporary b-trees: in memory, no file
-SET_TEMP_STORE_MEMORY = "PRAGMA temp_store = MEMORY"
 INTEGRITY_CHECK = "PRAGMA integrity_check"
 
 LIST_SCHEMA = (

@@ -214,7 +214,6 @@ def configure(conn: sqlite3.Connection, synchronous: str, *, writer: bool) -> No
     conn.row_factory = sqlite3.Row
     conn.execute(q.SET_BUSY_TIMEOUT.format(ms=BUSY_TIMEOUT_MS))
     conn.execute(q.SET_FOREIGN_KEYS)
-    conn.execute(q.SET_TEMP_STORE_MEMORY)
     if writer:
         mode = str(conn.execute(q.SET_WAL).fetchone()[0]).lower()
         if mode != "wal":

@@ -119,16 +119,14 @@ def child(name: str, quick: bool, keep: bool) -> int:
     root = Path(tempfile.mkdtemp(prefix=f"spind-bench-{name}-"))
     load = os.getloadavg()[0]  # other work on the machine makes every figure worse
     try:
-        choice = os.environ.get(LOOP_ENV, "auto")
+        choice = cast(eventloop.Choice, os.environ.get(LOOP_ENV, "asyncio"))
         if name in HTTP_WORKLOADS:
             # the runtime is the daemon's (its loop: `event_loop`); the clients' loop is asyncio's
             result = asyncio.run(fn(root))
-            result["loop"] = eventloop.loop_factory(cast(eventloop.Choice, choice))[1]
         else:
-            factory, result_loop = eventloop.loop_factory(cast(eventloop.Choice, choice))
-            with asyncio.Runner(loop_factory=factory) as runner:
+            with asyncio.Runner(loop_factory=eventloop.loop_factory(choice)) as runner:
                 result = runner.run(fn(root))
-            result["loop"] = result_loop
+        result["loop"] = choice
         result["load1"] = load
         if "peak_rss_mb" not in result:
             result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -182,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep each run's directory")
     parser.add_argument(
         "--loop",
-        choices=("auto", "asyncio", "uvloop"),
+        choices=("asyncio", "uvloop"),
         help="the event loop of the runtime (the daemon's `event_loop`); the HTTP workloads' "
-        "clients always run on asyncio's own (default: auto, uvloop when installed)",
+        "clients always run on asyncio's own (default: asyncio)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -99,7 +99,7 @@ class DaemonProc:
             SPIND_MAX_RUNNING_JOBS=str(self.max_running_jobs),
             SPIND_SYNCHRONOUS=self.synchronous,
             SPIND_SHUTDOWN_GRACE="2s",
-            SPIND_EVENT_LOOP=os.environ.get("SPIND_BENCH_LOOP", "auto"),
+            SPIND_EVENT_LOOP=os.environ.get("SPIND_BENCH_LOOP", "asyncio"),
         )
         with open(self.root / "daemon.log", "ab") as log:
             self.spawned_at = time.perf_counter()
