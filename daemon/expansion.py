@@ -28,19 +28,16 @@ logger = _logger.bind(_logger="daemon.traverser")
 class Expansions:
     def __init__(self, trav: Traverser) -> None:
         self.t = trav
-        self.inflight = 0  # expansions being built
 
     def start(self, jid: str) -> None:
         """Expand the deferred node `jid` (its predecessors are done)."""
         t = self.t
-        t.busy.add(jid)
-        self.inflight += 1
+        t.busy.add(jid)  # until the patch is applied or the failure handled (in the loop)
 
         async def go() -> None:
             try:
                 patch = await expand(t.chain, jid, t.values, t.env.factory, limits=t.env.limits)
             except Exception as exc:
-                self.inflight -= 1
                 text = (
                     exc.message
                     if isinstance(exc, BuildError)
@@ -48,7 +45,6 @@ class Expansions:
                 )
                 t.post(Written(lambda: self._expansion_failed(jid, text)))
                 return
-            self.inflight -= 1
             t.post(Timer(lambda: self._journal_patch(jid, patch)))
 
         t.spawn(go(), f"expand:{t.rid}:{jid}")

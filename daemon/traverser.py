@@ -211,7 +211,7 @@ class Traverser:
         return RequestState.FAIL, f"failed: {names}" if names else "nothing more can run"
 
     def _finished(self) -> bool:
-        if self.running or self.busy or self.writer.inflight or self.expansions.inflight:
+        if self.running or self.busy or self.writer.inflight:
             return False
         if self.mode != "run":
             return True

@@ -42,6 +42,8 @@ class Campaign:
     seed: int
     mode: str = "kill"
     log: Any = print
+    #: the daemon's `event_loop`
+    event_loop: str = "asyncio"
     rng: random.Random = field(init=False)
     ledger: Path = field(init=False)
     daemon: Daemon = field(init=False)
@@ -54,9 +56,8 @@ class Campaign:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self.ledger = self.workdir / "ledger"
-        self.daemon = Daemon(
-            self.workdir, mix.specs(), config=CONFIG, env={"SPIND_LOG_LEVEL": "INFO"}
-        )
+        env = {"SPIND_LOG_LEVEL": "INFO", "SPIND_EVENT_LOOP": self.event_loop}
+        self.daemon = Daemon(self.workdir, mix.specs(), config=CONFIG, env=env)
 
     # ---- one cycle
 
@@ -179,9 +180,15 @@ class Campaign:
 
 
 def run(
-    cycles: int, seed: int, workdir: Path, *, mode: str = "kill", log: Any = print
+    cycles: int,
+    seed: int,
+    workdir: Path,
+    *,
+    mode: str = "kill",
+    log: Any = print,
+    event_loop: str = "asyncio",
 ) -> tuple[Campaign, mix.Report]:
-    camp = Campaign(workdir, seed, mode, log)
+    camp = Campaign(workdir, seed, mode, log, event_loop)
     t0 = time.monotonic()
     try:
         for i in range(cycles):
@@ -222,12 +229,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--signal", choices=("kill", "term", "mixed"), default="kill")
+    p.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio")
     a = p.parse_args(argv)
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="spind-crash-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"crash campaign: {a.cycles} cycles, seed {a.seed}, signal {a.signal}, in {workdir}")
+    print(
+        f"crash campaign: {a.cycles} cycles, seed {a.seed}, signal {a.signal}, "
+        f"event loop {a.event_loop}, in {workdir}"
+    )
     t0 = time.monotonic()
-    camp, rep = run(a.cycles, a.seed, workdir, mode=a.signal, log=lambda s: print(s, flush=True))
+    camp, rep = run(
+        a.cycles,
+        a.seed,
+        workdir,
+        mode=a.signal,
+        log=lambda s: print(s, flush=True),
+        event_loop=a.event_loop,
+    )
     print(summary(camp, rep, a.cycles, time.monotonic() - t0))
     if a.keep or rep.violations:
         print(f"work directory kept: {workdir}")

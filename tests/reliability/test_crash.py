@@ -18,9 +18,13 @@ def _quiet(_text: str) -> None:
     pass
 
 
-@pytest.mark.parametrize(("mode", "seed"), [("kill", 11), ("mixed", 12)])
-def test_small_campaign_holds(tmp_path: Path, mode: str, seed: int) -> None:
-    camp, report = crash_campaign.run(5, seed, tmp_path, mode=mode, log=_quiet)
+@pytest.mark.parametrize(
+    ("mode", "seed", "loop"),
+    [("kill", 11, "asyncio"), ("mixed", 12, "asyncio"), ("mixed", 13, "uvloop")],
+)
+def test_small_campaign_holds(tmp_path: Path, mode: str, seed: int, loop: str) -> None:
+    pytest.importorskip(loop)
+    camp, report = crash_campaign.run(5, seed, tmp_path, mode=mode, log=_quiet, event_loop=loop)
     assert report.violations == []
     assert sum(camp.kills.values()) == 5
     assert report.requests >= 1 and report.tries >= report.requests
