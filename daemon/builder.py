@@ -240,6 +240,16 @@ def _scope_depth(chain: Chain, scope_id: str) -> int:
     return depth - 1
 
 
+def _arg_pairs(node: NodeSpec) -> list[tuple[str, str]]:
+    """(expected, given) of a node's `args`: the name inside, the name in the caller."""
+    return [(a.expected, a.given_name) for a in node.args if a is not None and a.expected]
+
+
+def _set_pairs(node: NodeSpec) -> list[tuple[str, str]]:
+    """(arg, as) of a node's `sets`: the name set inside, the name it gets outside."""
+    return [(s.arg, s.as_name) for s in node.sets if s is not None and s.arg]
+
+
 def _duration(text: str | None, field: str, where: str, default: float | None) -> float | None:
     if text is None or text == "":
         return default
@@ -392,10 +402,8 @@ class _Builder:
             tmpl = _JobTemplate(
                 node=node,
                 type_name=node.type or "",
-                inputs=[
-                    (a.expected, a.given_name) for a in node.args if a is not None and a.expected
-                ],
-                sets=[(s.arg, s.as_name) for s in node.sets if s is not None and s.arg],
+                inputs=_arg_pairs(node),
+                sets=_set_pairs(node),
                 retry_wait=_duration(node.retryWait, "retryWait", where, 0.0) or 0.0,
                 retry_max_wait=_duration(node.retryMaxWait, "retryMaxWait", where, None),
                 timeout=_duration(node.timeout, "timeout", where, None),
@@ -509,9 +517,7 @@ class _Builder:
         key = (id(node), id(seq))
         call = self._calls.get(key)
         if call is None or call.node is not node or call.seq is not seq:
-            imports = [
-                (a.expected, a.given_name) for a in node.args if a is not None and a.expected
-            ]
+            imports = _arg_pairs(node)
             imported = frozenset(e for e, _ in imports)
             defaults: dict[str, Any] = {}
             for a in seq.args.optional:
@@ -529,7 +535,7 @@ class _Builder:
                 required=[a.name for a in seq.args.required if a is not None and a.name],
                 retry=max(node.retry, 0) if node.category != Category.JOB else 0,
                 retry_wait=_duration(node.retryWait, "retryWait", where, 0.0) or 0.0,
-                lifts=[(s.arg, s.as_name) for s in node.sets if s is not None and s.arg],
+                lifts=_set_pairs(node),
             )
             self._calls[key] = call
         return call

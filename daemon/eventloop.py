@@ -41,9 +41,3 @@ def loop_factory(choice: Choice) -> LoopFactory | None:
         ) from exc
     factory: LoopFactory = module.new_event_loop
     return factory
-
-
-def running_loop_name() -> str:
-    """`uvloop` or `asyncio`: what runs the current event loop (for logs and figures)."""
-    module = type(asyncio.get_running_loop()).__module__
-    return "uvloop" if module.startswith("uvloop") else "asyncio"

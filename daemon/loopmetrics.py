@@ -44,9 +44,6 @@ class LoopGauge:
     def dec(self, amount: float = 1.0) -> None:
         self.value -= amount
 
-    def set(self, value: float) -> None:
-        self.value = value
-
     def family(self) -> Metric:
         return GaugeMetricFamily(self.name, self.doc, value=self.value)
 

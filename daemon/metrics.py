@@ -93,11 +93,11 @@ class Metrics:
                 self.requests.labels(state=name).set(n)
 
     def job_try_started(self) -> None:
-        self.jobs_running.value += 1
+        self.jobs_running.inc()
 
     def job_try_finished(self, job_type: str, outcome: str, seconds: float) -> None:
         """A try ended (it was counted running by `job_try_started`)."""
-        self.jobs_running.value -= 1
+        self.jobs_running.dec()
         self.job_tries.inc((job_type, outcome))
         self.job_duration.observe(max(seconds, 0.0), (job_type,))
 

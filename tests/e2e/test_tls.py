@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Daemon, eventually
+from tests.e2e.harness import Daemon, eventually, free_port
 
 pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command")
 
@@ -21,12 +21,6 @@ SPECS = {
     "s.yaml": "sequences:\n  q:\n    request: true\n    nodes:\n"
     "      n: {category: job, type: noop}\n"
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_cert(cert: Path, key: Path, cn: str = "localhost") -> None:
@@ -54,15 +48,20 @@ def make_cert(cert: Path, key: Path, cn: str = "localhost") -> None:
     )
 
 
-def test_https_listener(tmp_path: Path) -> None:
+def https_daemon(tmp_path: Path, cn: str, config: str = "") -> tuple[Daemon, int, Path, Path]:
+    """A started daemon serving HTTPS with a fresh certificate for `cn`: (daemon, port, cert
+    file, key file)."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    make_cert(cert, key)
+    make_cert(cert, key, cn)
     port = free_port()
     cfg = tmp_path / "spind.yaml"
-    cfg.write_text(f"tls: {{cert: {cert}, key: {key}}}\n")
-    d = Daemon(
-        tmp_path, SPECS, env={"SPIND_CONFIG": str(cfg), "SPIND_LISTEN": f"127.0.0.1:{port}"}
-    ).start()
+    cfg.write_text(f"{config}tls: {{cert: {cert}, key: {key}}}\n")
+    env = {"SPIND_CONFIG": str(cfg), "SPIND_LISTEN": f"127.0.0.1:{port}"}
+    return Daemon(tmp_path, SPECS, env=env).start(), port, cert, key
+
+
+def test_https_listener(tmp_path: Path) -> None:
+    d, port, cert, _key = https_daemon(tmp_path, "localhost")
     try:
         ctx = ssl.create_default_context(cafile=str(cert))
         conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
@@ -95,14 +94,7 @@ def test_reload_loads_a_renewed_certificate_and_keeps_it_when_the_new_one_is_bad
     tmp_path: Path, loop: str
 ) -> None:
     pytest.importorskip(loop)
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    make_cert(cert, key, "first")
-    port = free_port()
-    cfg = tmp_path / "spind.yaml"
-    cfg.write_text(f"event_loop: {loop}\ntls: {{cert: {cert}, key: {key}}}\n")
-    d = Daemon(
-        tmp_path, SPECS, env={"SPIND_CONFIG": str(cfg), "SPIND_LISTEN": f"127.0.0.1:{port}"}
-    ).start()
+    d, port, cert, key = https_daemon(tmp_path, "first", f"event_loop: {loop}\n")
     try:
         assert _served(port).endswith("CN = first")
         open_conn = ssl.create_default_context(cafile=str(cert)).wrap_socket(
