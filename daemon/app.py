@@ -205,8 +205,11 @@ class Daemon:
             metrics=self.metrics,
         )
         self.runtime = Runtime(self.env, self.specs.sequences)
-        resumed = await self.runtime.resume_all()
-        gcpolicy.freeze()  # what start-up made lives on: later collections skip it
+        gcpolicy.pause()  # resuming makes many long-lived objects and no garbage
+        try:
+            resumed = await self.runtime.resume_all()
+        finally:
+            gcpolicy.freeze()  # what start-up made lives on: later collections skip it
         self.metrics.chains_resumed.inc(resumed)
         if resumed:
             logger.info("resumed {} interrupted chains", resumed, action="resume")

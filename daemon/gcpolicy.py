@@ -11,9 +11,14 @@ freed by reference counting), so collecting rarely loses nothing:
 
 - `configure()`: young collections every 20,000 net allocations instead of 700, full ones as
   rarely as CPython's own 25% rule allows after that.
+- `pause()`: no collection while interrupted chains are resumed at start. Loading them makes
+  hundreds of thousands of long-lived objects and next to no garbage, and every collection
+  on the way walked the growing heap again: 0.54 s of a 2.6 s resume of 1,000 chains of 100
+  jobs went to 70 young, 4 middle and 1 full collection, collecting nothing of note.
 - `freeze()`: after start-up (imports, specs, resumed chains), move what exists into the
   permanent generation, which collections skip: objects that live as long as the process or
   a resumed chain are never walked again. (They are still freed by reference counting.)
+  Collections run again from then on.
 """
 
 from __future__ import annotations
@@ -28,8 +33,14 @@ def configure() -> None:
     gc.set_threshold(*THRESHOLDS)
 
 
+def pause() -> None:
+    """No collections until `freeze()` (start-up: see the module's doc)."""
+    gc.disable()
+
+
 def freeze() -> None:
-    """Exclude everything alive now from later collections. (No collection first: with
-    1,000 resumed chains it would stop the start for most of a second, and start-up makes
-    next to no cyclic garbage.)"""
+    """Exclude everything alive now from later collections, and collect again from now on.
+    (No collection first: with 1,000 resumed chains it would stop the start for most of a
+    second, and start-up makes next to no cyclic garbage.)"""
     gc.freeze()
+    gc.enable()

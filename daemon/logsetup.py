@@ -1,8 +1,8 @@
 """Logging: loguru set up once, stdlib logging routed into it, context fields on every line.
 
 Code logs with ``from loguru import logger`` and binds context with
-``logger.contextualize(request_id=..., job_id=..., try_=...)`` (or ``logger.bind``); a stable
-``action=`` names each state change. Two formats:
+``logctx.context(request_id=..., job_id=..., try_=...)`` (or ``logger.bind``, or loguru's own
+``logger.contextualize``); a stable ``action=`` names each state change. Two formats:
 
 - ``text``: ``2024-05-01 12:00:00.123 INFO     daemon.runner: [req=r1 job=j2 try=1] message``.
   Under systemd (``$JOURNAL_STREAM`` names our stderr) the timestamp is left to journald and
@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from loguru import logger
+
+from daemon import logctx
 
 #: Context fields shown in text lines, in this order, under these short names.
 CONTEXT_FIELDS = (
@@ -181,6 +183,7 @@ def setup_logging(
         raise ValueError(f"unknown log format {fmt!r}; expected text or json")
     name = _normalize_level(level)
     logger.remove()
+    logctx.install()
     _State.stream = sys.stderr if stream is None else stream
     _State.fmt = fmt
     _State.journald = on_journald(_State.stream, env)

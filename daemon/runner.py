@@ -13,6 +13,7 @@ from typing import Any
 
 from loguru import logger
 
+from daemon import logctx
 from daemon.jobs.base import Job, JobContext, JobResult
 from daemon.model import JobState
 
@@ -50,9 +51,9 @@ class TryRunner:
             logger.warning("job stop() raised: {}", exc, action="job_stop_error")
 
     async def run(self) -> JobResult:
-        with logger.contextualize(
-            request_id=self.ctx.request_id, job_id=self.ctx.job_id, try_=self.ctx.try_no
-        ):
+        ctx = self.ctx
+        token = logctx.push(request_id=ctx.request_id, job_id=ctx.job_id, try_=ctx.try_no)
+        try:
             # Every try is in the journal (`spind log`); the log adds a line per try only when
             # it did not complete, so that thousands of jobs a second do not flood journald
             # (which rate-limits) and do not cost a loguru record each (~40 us).
@@ -67,6 +68,8 @@ class TryRunner:
                 type=self.type_name,
             )
             return result
+        finally:
+            logctx.pop(token)
 
     async def _run(self) -> JobResult:
         if self.timeout is None:

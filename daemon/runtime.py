@@ -16,7 +16,7 @@ from typing import Any
 
 from loguru import logger
 
-from daemon import builder
+from daemon import builder, logctx
 from daemon.chain import Chain, JobKind, ScopeVars
 from daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from daemon.ids import new_request_id
@@ -168,7 +168,7 @@ class Runtime:
 
     async def _drive(self, rid: str, trav: Traverser, fresh: bool) -> None:
         try:
-            with logger.contextualize(request_id=rid):
+            with logctx.context(request_id=rid):
                 if fresh:
                     await self._set_state(rid, RequestState.RUNNING, expect=(RequestState.PENDING,))
                 final = await trav.run()

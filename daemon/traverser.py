@@ -27,6 +27,7 @@ from typing import Any
 
 from loguru import logger
 
+from daemon import logctx
 from daemon.chain import Chain, ChainJob, JobKind, ScopeVars
 from daemon.chain_writer import ChainWriter
 from daemon.edges import Edges
@@ -163,7 +164,7 @@ class Traverser:
 
     async def run(self) -> RequestState:
         """Run the chain until it ends or is stopped, suspended or shut down; journal the end."""
-        with logger.contextualize(request_id=self.rid):
+        with logctx.context(request_id=self.rid):
             deadline = None
             if self.chain.timeout:
                 deadline = asyncio.get_running_loop().call_later(

@@ -1,6 +1,6 @@
 """Trace ids: one per HTTP call, taken from the client's `X-Request-Id` when it is sane.
 
-The outermost middleware picks the id, runs the handler inside `logger.contextualize(trace_id=...)`
+The outermost middleware picks the id, runs the handler inside `logctx.context(trace_id=...)`
 so every log line of the call carries it, and when the call ends writes one access-log line
 (INFO for changes and failures, DEBUG for successful reads) and counts it (`COUNT_CALL`: method,
 route template, status, for the `spind_api_requests` metric).
@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from loguru import logger
 
-from daemon import ids
+from daemon import ids, logctx
 
 HEADER = "X-Request-Id"
 TRACE_ID = web.RequestKey("trace_id", str)
@@ -53,7 +53,7 @@ async def trace_middleware(request: web.Request, handler: Handler) -> web.Stream
     tid = trace_id_of(request)
     start = time.monotonic()
     status = 499  # nginx's "client closed request": only a disconnect escapes the errors layer
-    with logger.contextualize(trace_id=tid):
+    with logctx.context(trace_id=tid):
         try:
             resp = await handler(request)
             status = resp.status

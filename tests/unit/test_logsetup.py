@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
 import pytest
 from loguru import logger
 
+from daemon import logctx
 from daemon.logsetup import PRIORITIES, on_journald, set_level, setup_logging
 
 TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
@@ -48,10 +51,13 @@ def lines(stream: io.StringIO) -> list[str]:
         ({"other": "x"}, ""),  # text lines show our context fields only
     ],
 )
-def test_text_lines_show_bound_context(context: dict[str, object], prefix: str) -> None:
+@pytest.mark.parametrize("scope", [logctx.context, logger.contextualize])
+def test_text_lines_show_bound_context(
+    context: dict[str, object], prefix: str, scope: Callable[..., ContextManager[object]]
+) -> None:
     out = io.StringIO()
     setup_logging("INFO", "text", stream=out, env={})
-    with logger.contextualize(**context):
+    with scope(**context):
         logger.info("started {}", "it")
     (line,) = lines(out)
     assert line.split(" ", 3)[2] == "INFO"
@@ -67,6 +73,49 @@ def test_bind_and_contextualize_combine_and_braces_are_safe() -> None:
     (line,) = lines(out)
     assert "WARNING" in line
     assert line.endswith("[req={r} job=<j> action=job_fail] a {literal} brace")
+
+
+def test_log_context_yields_to_bound_fields_and_ends_with_its_block() -> None:
+    out = io.StringIO()
+    setup_logging("INFO", "text", stream=out, env={})
+    with logctx.context(request_id="r1", job_id="j1", action="outer"):
+        with logctx.context(job_id="j2"):
+            logger.info("inner")
+        logger.bind(job_id="bound").info("bound wins")
+        logger.info("kwarg wins", action="kw")
+    logger.info("after")
+    assert [line.split(": ", 1)[1] for line in lines(out)] == [
+        "[req=r1 job=j2 action=outer] inner",
+        "[req=r1 job=bound action=outer] bound wins",
+        "[req=r1 job=j1 action=kw] kwarg wins",
+        "after",
+    ]
+    assert logctx.current() == {}
+
+
+def test_tasks_inherit_the_log_context_and_keep_their_own() -> None:
+    out = io.StringIO()
+    setup_logging("INFO", "text", stream=out, env={})
+
+    async def job(n: int) -> None:
+        token = logctx.push(job_id=f"j{n}", try_=n)
+        try:
+            await asyncio.sleep(0)  # interleave with the other task
+            logger.info("job line")
+        finally:
+            logctx.pop(token)
+
+    async def chain() -> None:
+        with logctx.context(request_id="r"):
+            await asyncio.gather(job(1), job(2))
+            logger.info("chain line")
+
+    asyncio.run(chain())
+    assert sorted(line.split(": ", 1)[1] for line in lines(out)) == [
+        "[req=r job=j1 try=1] job line",
+        "[req=r job=j2 try=2] job line",
+        "[req=r] chain line",
+    ]
 
 
 def test_levels_filter_and_set_level_changes_them() -> None:
