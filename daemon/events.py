@@ -15,6 +15,11 @@ from daemon.model import Event, RequestState
 
 #: events a follower may lag behind before it is sent back to the journal
 QUEUE_LIMIT = 10_000
+#: events read from the journal at once by a follower (the journal's default page)
+BACKLOG_PAGE = 1000
+
+#: a follower's journal read: (events after a seq, finished?) in one snapshot, None if none
+Backlog = Callable[[str, int], Awaitable[tuple[list[Event], bool] | None]]
 
 _FINAL = {str(s) for s in RequestState if s.finished}
 
@@ -52,34 +57,32 @@ class EventBus:
                 del self._subs[request_id]
 
     async def follow(
-        self,
-        request_id: str,
-        after_seq: int,
-        backlog: Callable[[str, int], Awaitable[list[Event]]],
-        is_finished: Callable[[], Awaitable[bool]],
+        self, request_id: str, after_seq: int, backlog: Backlog
     ) -> AsyncIterator[Event]:
         """Backlog then live events of one request; ends after its final state.
 
-        A request that ended and was retried or skipped past has several final-state events:
-        the whole backlog is read, and the stream ends only when the request is finished now.
+        `backlog(request_id, after)` reads, in one snapshot, a page of the journal's events
+        after `after` (at most BACKLOG_PAGE) and whether the request is finished (None: no such
+        request, or pruned). A request that ended and was retried or skipped past has several
+        final-state events: the whole backlog is read, and the stream ends only when the
+        request was finished as of the snapshot of the last page read (then that page holds
+        its final event, and nothing more will come).
         """
         last = after_seq
         while True:
             q = self.subscribe(request_id)
             try:
                 while True:
-                    page = await backlog(request_id, last)
+                    got = await backlog(request_id, last)
+                    if got is None:
+                        return
+                    page, finished = got
                     for ev in page:  # an old end (retried since) does not end the backlog
                         last = ev.seq
                         yield ev
-                    if len(page) < 1000:
+                    if len(page) < BACKLOG_PAGE:
                         break
-                if await is_finished():
-                    # finished before we subscribed and its end event was read above,
-                    # or pruned: nothing more will come
-                    for ev in await backlog(request_id, last):
-                        last = ev.seq
-                        yield ev
+                if finished:
                     return
                 while True:
                     item = await q.get()

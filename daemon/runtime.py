@@ -42,6 +42,8 @@ class Runtime:
         self.traversers: dict[str, Traverser] = {}
         self.drivers: dict[str, asyncio.Task[None]] = {}
         self.shutting_down = False
+        #: creations under way (past the shutting-down check): a shutdown waits for them
+        self._creating: set[asyncio.Future[None]] = set()
         self.resumed = 0
         self._lock = asyncio.Lock()  # control calls that read-then-write the journal
 
@@ -59,6 +61,31 @@ class Runtime:
     ) -> tuple[RequestView, bool]:
         if self.shutting_down:
             raise Unavailable("spind is shutting down; no new requests")
+        marker = asyncio.get_running_loop().create_future()
+        self._creating.add(marker)
+        try:
+            return await self._create(
+                type=type,
+                args=args,
+                user=user,
+                trace_id=trace_id,
+                idempotency_key=idempotency_key,
+                body_hash=body_hash,
+            )
+        finally:
+            self._creating.discard(marker)
+            marker.set_result(None)
+
+    async def _create(
+        self,
+        *,
+        type: str,
+        args: dict[str, Any],
+        user: str,
+        trace_id: str,
+        idempotency_key: str | None,
+        body_hash: str,
+    ) -> tuple[RequestView, bool]:
         if idempotency_key is not None:
             replay = await self._idempotent(idempotency_key, body_hash)
             if replay is not None:
@@ -75,8 +102,9 @@ class Runtime:
             trace_id=trace_id,
         )
         try:
+            # created and RUNNING in one commit: the traverser starts it at once
             events = await self.journal.create_request(
-                rec, chain, idempotency_key=idempotency_key, body_hash=body_hash
+                rec, chain, idempotency_key=idempotency_key, body_hash=body_hash, started_at=now
             )
         except AlreadyExists:
             if idempotency_key is None:
@@ -90,12 +118,12 @@ class Runtime:
             "request created: {} by {}", type, user, request_id=rec.id, action="request_created"
         )
         state = ChainState(state={j: JobState.PENDING for j in chain.jobs})
-        self._start(rec.id, chain, ScopeVars(chain), state, user, fresh=True)
+        self._start(rec.id, chain, ScopeVars(chain), state, user)
         # the request as its commit left it (no read back: the traverser has not run yet)
         view = RequestView(
             id=rec.id,
             type=rec.type,
-            state=rec.state,
+            state=RequestState.RUNNING,
             user=rec.user,
             args=rec.args,
             created_at=datetime.fromtimestamp(rec.created_at, UTC),
@@ -152,25 +180,33 @@ class Runtime:
         values: ScopeVars,
         st: ChainState,
         user: str,
-        *,
-        fresh: bool = False,
     ) -> None:
         if self.shutting_down:
-            # journaled but not started: the next start resumes it
+            # journaled RUNNING but the daemon is stopping: SUSPENDED as a shutdown leaves
+            # every chain (a driver of its own, which the shutdown waits for); resumed at the
+            # next start
             logger.info("shutting down: {} will start at the next start", rid, request_id=rid)
+            task = asyncio.get_running_loop().create_task(
+                self._set_state(
+                    rid,
+                    RequestState.SUSPENDED,
+                    expect=(RequestState.RUNNING,),
+                    reason=SHUTDOWN_REASON,
+                ),
+                name=f"suspend:{rid}",
+            )
+            self.drivers[rid] = task
+            task.add_done_callback(lambda _: self.drivers.pop(rid, None))
             return
         trav = Traverser(self.env, rid, chain, values, st, user=user)
         self.traversers[rid] = trav
-        task = asyncio.get_running_loop().create_task(
-            self._drive(rid, trav, fresh), name=f"chain:{rid}"
-        )
+        task = asyncio.get_running_loop().create_task(self._drive(rid, trav), name=f"chain:{rid}")
         self.drivers[rid] = task
 
-    async def _drive(self, rid: str, trav: Traverser, fresh: bool) -> None:
+    async def _drive(self, rid: str, trav: Traverser) -> None:
+        """Run a chain whose request is journaled RUNNING; journal its final state."""
         try:
             with logctx.context(request_id=rid):
-                if fresh:
-                    await self._set_state(rid, RequestState.RUNNING, expect=(RequestState.PENDING,))
                 final = await trav.run()
                 state, reason = trav.outcome()
                 assert state == final
@@ -504,9 +540,14 @@ class Runtime:
         self.shutting_down = True
         for trav in list(self.traversers.values()):
             trav.post(Control("shutdown", grace=grace, reason=SHUTDOWN_REASON))
-        tasks = list(self.drivers.values())
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # a creation past its check may still commit (its chain is then suspended at once by
+        # a driver of its own): wait for those, then for every driver
+        while self._creating or self.drivers:
+            if self._creating:
+                await asyncio.wait(list(self._creating))
+            tasks = list(self.drivers.values())
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _downstream(chain: Chain, roots: list[str]) -> list[str]:

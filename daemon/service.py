@@ -7,14 +7,14 @@ running jobs) that only the runtime knows.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from daemon import __version__
 from daemon.api.protocol import FindFilter
 from daemon.chain import Chain
 from daemon.errors import NotFound
-from daemon.events import EventBus
+from daemon.events import BACKLOG_PAGE, EventBus
 from daemon.journal.store import RequestFilter
 from daemon.model import (
     ArgView,
@@ -142,15 +142,11 @@ class Service:
                 raise NotFound(f"no job {job_id} in request {request_id}", {"jobId": job_id})
         return rows
 
-    async def _finished(self, request_id: str) -> bool:
-        view = await self.journal.get_view(request_id)
-        return view is None or view.state.finished
-
     def events(self, request_id: str, after_seq: int = 0) -> AsyncIterator[Event]:
-        async def finished() -> bool:
-            return await self._finished(request_id)
+        def backlog(rid: str, after: int) -> Awaitable[tuple[list[Event], bool] | None]:
+            return self.journal.backlog(rid, after, BACKLOG_PAGE)
 
-        return self.bus.follow(request_id, after_seq, self.journal.events_after, finished)
+        return self.bus.follow(request_id, after_seq, backlog)
 
     def running(self) -> list[RunningJob]:
         return self.runtime.running()
@@ -179,6 +175,9 @@ class Service:
         return [a for a in seq.acl if a is not None]
 
     async def request_type_of(self, request_id: str) -> str:
+        live = self.runtime.traversers.get(request_id)
+        if live is not None:  # a request being run exists: no journal read needed
+            return live.chain.request_type
         view = await self.journal.get_view(request_id)
         if view is None:
             raise NotFound(f"no request {request_id}", {"id": request_id})

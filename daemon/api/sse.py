@@ -57,6 +57,63 @@ def _final(state: str) -> bool:
     return state in (s.value for s in RequestState if s.finished)
 
 
+class _Writer:
+    """One stream's output: a buffer the pump fills, written out whenever the writer wakes,
+    and one heartbeat timer for the whole stream, moved on by what was written since it was
+    set (a timer made and cancelled at every wake cost more than the events' formatting)."""
+
+    def __init__(self, resp: web.StreamResponse, heartbeat: float, first: bytes) -> None:
+        self.resp = resp
+        self.heartbeat = heartbeat
+        self.loop = asyncio.get_running_loop()
+        self.buf: list[bytes] = [first]
+        self.wake: asyncio.Future[None] | None = None
+        self.last_write = self.loop.time()
+        self.beat: asyncio.TimerHandle | None = None
+
+    def kick(self, _: object = None) -> None:
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
+    def add(self, data: bytes) -> None:
+        self.buf.append(data)
+        self.kick()
+
+    async def write(self, data: bytes) -> None:
+        await self.resp.write(data)
+        self.last_write = self.loop.time()
+
+    async def flush(self) -> bool:
+        """Write what the buffer holds; False if it was empty."""
+        if not self.buf:
+            return False
+        data = b"".join(self.buf)
+        self.buf.clear()
+        await self.write(data)
+        return True
+
+    async def sleep(self) -> bool:
+        """Wait for a kick; True if it was the heartbeat's (nothing came for `heartbeat`)."""
+        self.wake = self.loop.create_future()
+        if self.beat is None:
+            self.beat = self.loop.call_at(self.last_write + self.heartbeat, self._beat_due)
+        await self.wake
+        return not self.buf and self.beat is None
+
+    def _beat_due(self) -> None:
+        due = self.last_write + self.heartbeat
+        if self.loop.time() >= due:
+            self.beat = None
+            self.kick()
+        else:
+            self.beat = self.loop.call_at(due, self._beat_due)
+
+    def close(self) -> None:
+        if self.beat is not None:
+            self.beat.cancel()
+            self.beat = None
+
+
 async def stream(
     request: web.Request,
     request_id: str,
@@ -81,44 +138,28 @@ async def stream(
         }
     )
     await resp.prepare(request)
-    loop = asyncio.get_running_loop()
-    buf: list[bytes] = [b": stream of request %s\n\n" % request_id.encode()]
+    out = _Writer(resp, heartbeat, b": stream of request %s\n\n" % request_id.encode())
     last_state = ""
-    wake: asyncio.Future[None] | None = None
-
-    def kick(_: object = None) -> None:
-        if wake is not None and not wake.done():
-            wake.set_result(None)
 
     async def pump() -> None:
         nonlocal last_state
         async for ev in events:
             if ev.kind == "request":
                 last_state = ev.state
-            buf.append(format_event(ev))
-            kick()
+            out.add(format_event(ev))
 
     pumper = asyncio.create_task(pump(), name=f"sse-pump-{request_id}")
     stopping = asyncio.create_task(stop.wait(), name=f"sse-stop-{request_id}")
-    pumper.add_done_callback(kick)
-    stopping.add_done_callback(kick)
+    pumper.add_done_callback(out.kick)
+    stopping.add_done_callback(out.kick)
     try:
         while True:
-            if buf:
-                data = b"".join(buf)
-                buf.clear()
-                await resp.write(data)
+            if await out.flush():
                 continue  # more may have come while it was written
             if pumper.done() or stopping.done():
                 break
-            wake = loop.create_future()
-            timer = loop.call_later(heartbeat, kick)
-            try:
-                await wake
-            finally:
-                timer.cancel()
-            if not buf and not pumper.done() and not stopping.done():
-                await resp.write(HEARTBEAT)  # nothing for `heartbeat` seconds
+            if await out.sleep() and not pumper.done() and not stopping.done():
+                await out.write(HEARTBEAT)  # nothing for `heartbeat` seconds
         if pumper.done() and not stopping.done():
             pumper.result()  # a failure of the event source surfaces here
             state = last_state if _final(last_state) else await _safe(final_state)
@@ -127,6 +168,7 @@ async def stream(
     except ConnectionResetError:
         pass  # the client went away
     finally:
+        out.close()
         for task in (pumper, stopping):
             if not task.done():
                 task.cancel()

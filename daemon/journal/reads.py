@@ -143,6 +143,17 @@ def events_after(
     return [rows.event_from_row(r) for r in conn.execute(q.EVENTS_AFTER, params)]
 
 
+def backlog(
+    conn: sqlite3.Connection, request_id: str, after_seq: int, limit: int
+) -> tuple[list[Event], bool] | None:
+    """Events after `after_seq` and whether the request is finished, as of one snapshot (run
+    it in `snapshot`); None if there is no such request."""
+    row = conn.execute(q.REQUEST_STATE, {"request_id": request_id}).fetchone()
+    if row is None:
+        return None
+    return events_after(conn, request_id, after_seq, limit), RequestState(row[0]).finished
+
+
 def find_idempotent(conn: sqlite3.Connection, key: str) -> tuple[str, str] | None:
     row = conn.execute(q.FIND_IDEMPOTENT, {"key": key}).fetchone()
     return None if row is None else (str(row[0]), str(row[1] or ""))

@@ -146,9 +146,19 @@ class Journal:
         *,
         idempotency_key: str | None = None,
         body_hash: str | None = None,
+        started_at: float | None = None,
     ) -> list[Event]:
-        """The request, its chain and every job (PENDING) in one transaction."""
+        """The request, its chain and every job (PENDING) in one transaction. With
+        `started_at`, the request is RUNNING from that time in the same transaction (its events:
+        created PENDING, then RUNNING)."""
         write = writes.make_create_request(rec, chain, idempotency_key, body_hash)
+        if started_at is not None:
+            write = writes.combine(
+                write,
+                writes.make_set_request_state(
+                    rec.id, RequestState.RUNNING, [RequestState.PENDING], started_at, ""
+                ),
+            )
         return await self._writer.submit(write)
 
     async def set_request_state(
@@ -344,6 +354,16 @@ class Journal:
             raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
         fn = partial(reads.events_after, request_id=request_id, after_seq=after_seq, limit=limit)
         return await self._read(fn)
+
+    async def backlog(
+        self, request_id: str, after_seq: int, limit: int = 1000
+    ) -> tuple[list[Event], bool] | None:
+        """A follower's read, in one snapshot: the events after `after_seq` (at most `limit`)
+        and whether the request is finished; None if there is no such request."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+        fn = partial(reads.backlog, request_id=request_id, after_seq=after_seq, limit=limit)
+        return await self._read(partial(reads.snapshot, fn=fn))
 
     async def find_idempotent(self, key: str) -> tuple[str, str] | None:
         """(request_id, body_hash) of the request created with this idempotency key."""
