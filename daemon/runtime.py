@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,24 +61,22 @@ class Runtime:
     ) -> tuple[RequestView, bool]:
         if self.shutting_down:
             raise Unavailable("spind is shutting down; no new requests")
+        with self._creation():
+            return await self._create_now(type, args, user, trace_id, idempotency_key, body_hash)
+
+    @contextlib.contextmanager
+    def _creation(self) -> Iterator[None]:
+        """A creation under way: a shutdown waits until it is over."""
         marker = asyncio.get_running_loop().create_future()
         self._creating.add(marker)
         try:
-            return await self._create(
-                type=type,
-                args=args,
-                user=user,
-                trace_id=trace_id,
-                idempotency_key=idempotency_key,
-                body_hash=body_hash,
-            )
+            yield
         finally:
             self._creating.discard(marker)
             marker.set_result(None)
 
-    async def _create(
+    async def _create_now(
         self,
-        *,
         type: str,
         args: dict[str, Any],
         user: str,
