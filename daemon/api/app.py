@@ -7,7 +7,6 @@ their permission checks live in :mod:`daemon.api.routes`. The settings a reload 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
@@ -22,6 +21,7 @@ from daemon.api.auth import LIVE, ApiSettings, AuthSettings, LiveSettings, auth_
 from daemon.api.errors import error_middleware
 from daemon.api.protocol import ControlService
 from daemon.api.routes import HEARTBEAT, OPENAPI, ROUTES, SERVICE, STREAMS_STOP
+from daemon.api.sse import StreamsStop
 from daemon.api.trace import COUNT_CALL, add_trace_header, trace_middleware
 
 SOCKET_MODE = 0o660
@@ -48,7 +48,7 @@ def make_app(
     app[COUNT_CALL] = service.api_call
     app[LIVE] = LiveSettings(ApiSettings(auth=auth, max_body_bytes=max_body_bytes))
     app[HEARTBEAT] = heartbeat
-    app[STREAMS_STOP] = asyncio.Event()
+    app[STREAMS_STOP] = StreamsStop()
     app[OPENAPI] = openapi.document(service.version)
     for r in ROUTES:
         if r.method == "GET":

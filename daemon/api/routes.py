@@ -7,7 +7,6 @@ also what :mod:`daemon.api.openapi` documents, so the two cannot drift apart.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
@@ -46,7 +45,7 @@ from daemon.model import (
 
 SERVICE: web.AppKey[ControlService] = web.AppKey("service")
 HEARTBEAT = web.AppKey("heartbeat", float)
-STREAMS_STOP = web.AppKey("streams_stop", asyncio.Event)
+STREAMS_STOP = web.AppKey("streams_stop", sse.StreamsStop)
 OPENAPI = web.AppKey("openapi", bytes)
 
 PREFIX = "/api/v1"

@@ -57,6 +57,29 @@ def _final(state: str) -> bool:
     return state in (s.value for s in RequestState if s.finished)
 
 
+class StreamsStop:
+    """Ends every open stream at shutdown. Set once; a stream registers a callback for its
+    life (not a task of its own waiting on an event)."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._callbacks: dict[Callable[[], None], None] = {}
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        for callback in list(self._callbacks):
+            callback()
+
+    def add(self, callback: Callable[[], None]) -> None:
+        self._callbacks[callback] = None
+
+    def discard(self, callback: Callable[[], None]) -> None:
+        self._callbacks.pop(callback, None)
+
+
 class _Writer:
     """One stream's output: a buffer the pump fills, written out whenever the writer wakes,
     and one heartbeat timer for the whole stream, moved on by what was written since it was
@@ -120,7 +143,7 @@ async def stream(
     events: AsyncIterator[Event],
     *,
     heartbeat: float,
-    stop: asyncio.Event,
+    stop: StreamsStop,
     final_state: Callable[[], Awaitable[str]],
 ) -> web.StreamResponse:
     """Send `events` as SSE until they end (then `end`), the client goes, or `stop` is set.
@@ -128,7 +151,7 @@ async def stream(
     One task (the pump) takes events as they come and formats them into a buffer; this
     coroutine writes whatever the buffer holds whenever it wakes. Events come in bursts (a
     commit's events are published together, and the pump takes all that are queued before it
-    waits again), so a burst goes out in one write, and a stream costs two tasks, not a task
+    waits again), so a burst goes out in one write, and a stream costs one task, not a task
     and a wait per event."""
     resp = web.StreamResponse(
         headers={
@@ -149,18 +172,17 @@ async def stream(
             out.add(format_event(ev))
 
     pumper = asyncio.create_task(pump(), name=f"sse-pump-{request_id}")
-    stopping = asyncio.create_task(stop.wait(), name=f"sse-stop-{request_id}")
     pumper.add_done_callback(out.kick)
-    stopping.add_done_callback(out.kick)
+    stop.add(out.kick)
     try:
         while True:
             if await out.flush():
                 continue  # more may have come while it was written
-            if pumper.done() or stopping.done():
+            if pumper.done() or stop.is_set():
                 break
-            if await out.sleep() and not pumper.done() and not stopping.done():
+            if await out.sleep() and not pumper.done() and not stop.is_set():
                 await out.write(HEARTBEAT)  # nothing for `heartbeat` seconds
-        if pumper.done() and not stopping.done():
+        if pumper.done() and not stop.is_set():
             pumper.result()  # a failure of the event source surfaces here
             state = last_state if _final(last_state) else await _safe(final_state)
             await resp.write(format_end(request_id, state))
@@ -168,9 +190,9 @@ async def stream(
     except ConnectionResetError:
         pass  # the client went away
     finally:
+        stop.discard(out.kick)
         out.close()
-        for task in (pumper, stopping):
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task})
+        if not pumper.done():
+            pumper.cancel()
+            await asyncio.wait({pumper})
     return resp
