@@ -25,7 +25,8 @@ class EachWindows:
         self.chain = chain
         self.ready = ready
         self.parked = Parked()  # ready, waiting for room in their `each` group
-        self.copies: dict[str, list[tuple[str, str]]] = {}  # job -> (group, copy) it sits in
+        #: job -> (group, copy) it sits in, for the groups with a `parallel` limit
+        self.copies: dict[str, list[tuple[str, str]]] = {}
         self.copy_open: dict[str, int] = {}  # copy -> how many of its jobs are not done
         self.copy_started: set[str] = set()  # copies whose jobs have had a try
         self.group_active: dict[str, int] = {}  # group -> its started copies not done
@@ -38,7 +39,13 @@ class EachWindows:
             sid = self.chain.jobs[jid].scope
             cps = by_scope.get(sid)
             if cps is None:
-                cps = by_scope[sid] = policy.enclosing_copies(self.chain, sid)
+                # only groups with a `parallel` limit need counting: the others never park
+                # a job, and a fan-out without a limit then costs no bookkeeping per job
+                cps = by_scope[sid] = [
+                    (gid, csid)
+                    for gid, csid in policy.enclosing_copies(self.chain, sid)
+                    if self.chain.groups[gid].parallel is not None
+                ]
             self.copies[jid] = cps  # never changed in place
             if state.get(jid) in DONE:
                 continue

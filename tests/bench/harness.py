@@ -10,6 +10,7 @@ time journal commits as the traverser sees them: `Probe` wraps the journal's `jo
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
 import time
@@ -48,6 +49,17 @@ def peak_rss_mb(children: bool = False) -> float:
     return resource.getrusage(who).ru_maxrss / 1024.0
 
 
+def _complete_at(
+    log: list[tuple[float, str, Sequence[TryEnd]]],
+) -> dict[tuple[str, str], float]:
+    return {
+        (rid, end.job_id): t
+        for t, rid, ends in log
+        for end in ends
+        if end.log_state == JobState.COMPLETE
+    }
+
+
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile (0 for no values)."""
     if not values:
@@ -59,47 +71,43 @@ def percentile(values: list[float], pct: float) -> float:
 
 @dataclass
 class Probe:
-    """Commit times (perf_counter) of RUNNING and COMPLETE rows, keyed by (request, job)."""
+    """Commit times (perf_counter) of RUNNING and COMPLETE rows, keyed by (request, job).
 
-    started: dict[tuple[str, str], float] = field(default_factory=dict)
-    completed: dict[tuple[str, str], float] = field(default_factory=dict)
-    #: when the traverser asked for a try's COMPLETE row (the job had returned)
-    ended: dict[tuple[str, str], float] = field(default_factory=dict)
+    While the workload runs, the wrappers only append one record per journal call (the
+    time and the call's rows, not a dict entry per job: the probe should cost the measured
+    loop next to nothing); `started`, `completed` and `ended` are worked out on first use.
+    """
+
+    #: (time, request id, job ids) of committed RUNNING rows
+    _starts: list[tuple[float, str, list[str]]] = field(default_factory=list)
+    #: (time, request id, ends) when try ends were asked for, and when they committed
+    _asked: list[tuple[float, str, Sequence[TryEnd]]] = field(default_factory=list)
+    _committed: list[tuple[float, str, Sequence[TryEnd]]] = field(default_factory=list)
 
     def install(self, journal: Journal) -> None:
         """Wrap the journal's try writes (one job's or several jobs' at once)."""
         started, many_started = journal.job_started, journal.jobs_started
         ended = journal.queue_tries_ended
+        clock = time.perf_counter
 
         async def job_started(request_id: str, job_id: str, *args: Any, **kw: Any) -> Any:
             events = await started(request_id, job_id, *args, **kw)
-            self.started[(request_id, job_id)] = time.perf_counter()
+            self._starts.append((clock(), request_id, [job_id]))
             return events
 
         async def jobs_started(
             request_id: str, starts: Sequence[tuple[str, int, int]], **kw: Any
         ) -> Any:
             events = await many_started(request_id, starts, **kw)
-            now = time.perf_counter()
-            for job_id, _try, _seq in starts:
-                self.started[(request_id, job_id)] = now
+            self._starts.append((clock(), request_id, [job_id for job_id, _, _ in starts]))
             return events
 
         def queue_tries_ended(request_id: str, ends: Sequence[TryEnd], **kw: Any) -> Any:
-            asked = time.perf_counter()
-            for end in ends:
-                if end.log_state == JobState.COMPLETE:
-                    self.ended[(request_id, end.job_id)] = asked
+            self._asked.append((clock(), request_id, ends))
 
             def committed(fut: Any) -> None:
-                if fut.cancelled() or fut.exception() is not None:
-                    return
-                now = time.perf_counter()
-                for end in ends:
-                    if end.log_state == JobState.COMPLETE:
-                        self.completed[(request_id, end.job_id)] = now
-                    for started_id, _try, _seq in end.then_start:
-                        self.started[(request_id, started_id)] = now  # in the same commit
+                if not fut.cancelled() and fut.exception() is None:
+                    self._committed.append((clock(), request_id, ends))
 
             fut = ended(request_id, ends, **kw)
             fut.add_done_callback(committed)  # runs before the traverser hears of the commit
@@ -108,6 +116,27 @@ class Probe:
         journal.job_started = job_started  # type: ignore[method-assign]
         journal.jobs_started = jobs_started  # type: ignore[method-assign]
         journal.queue_tries_ended = queue_tries_ended  # type: ignore[method-assign]
+
+    @functools.cached_property
+    def started(self) -> dict[tuple[str, str], float]:
+        marks = [(t, rid, jid) for t, rid, jids in self._starts for jid in jids]
+        marks += [  # started in the same commit as an end
+            (t, rid, started_id)
+            for t, rid, ends in self._committed
+            for end in ends
+            for started_id, _try, _seq in end.then_start
+        ]
+        marks.sort(key=lambda m: m[0])  # a later try's start wins
+        return {(rid, jid): t for t, rid, jid in marks}
+
+    @functools.cached_property
+    def completed(self) -> dict[tuple[str, str], float]:
+        return _complete_at(self._committed)
+
+    @functools.cached_property
+    def ended(self) -> dict[tuple[str, str], float]:
+        """When the traverser asked for a try's COMPLETE row (the job had returned)."""
+        return _complete_at(self._asked)
 
     def handoffs_ms(
         self, request_id: str, preds: dict[str, list[str]], *, since_end: bool = False
