@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +22,7 @@ from daemon.errors import BadRequest, Conflict, NotFound, Unavailable
 from daemon.ids import new_request_id
 from daemon.journal.errors import AlreadyExists
 from daemon.journal.store import Journal, LoadedRequest, RequestRecord
-from daemon.model import JobState, RequestState, RequestView, RunningJob
+from daemon.model import Event, JobState, RequestState, RequestView, RunningJob
 from daemon.runtime_env import RuntimeEnv
 from daemon.spec import OnInterrupt, SequenceSpec
 from daemon.traverser import ChainState, Control, Traverser
@@ -234,19 +234,29 @@ class Runtime:
         expect: Collection[RequestState],
         reason: str = "",
     ) -> None:
+        await self._journal_until_done(
+            lambda: self.journal.set_request_state(
+                rid, state, expect=expect, at=self.env.now(), reason=reason
+            ),
+            f"request state {state}",
+        )
+
+    async def _journal_until_done(
+        self, write: Callable[[], Awaitable[list[Event]]], what: str
+    ) -> None:
+        """Journal `write` (and publish its events), trying again while the journal fails;
+        a refusal (Conflict) is raised."""
         delay = 0.2
         while True:
             try:
-                events = await self.journal.set_request_state(
-                    rid, state, expect=expect, at=self.env.now(), reason=reason
-                )
+                events = await write()
                 self.env.publish(events)
                 return
             except Conflict:
                 raise
             except Exception as exc:
                 self.env.journal_failed(exc)
-                logger.error("cannot journal request state {}: {}", state, exc)
+                logger.error("cannot journal {}: {}", what, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -274,31 +284,57 @@ class Runtime:
         return count
 
     async def _resume_one(self, rid: str) -> bool:
+        """One interrupted chain: its interrupted tries and its new state (RUNNING, or
+        SUSPENDED if a job must wait for an operator) in one commit, then its traverser."""
         loaded = await self.journal.load_request(rid)
         if loaded is None:
             return False
         rec = loaded.record
         if rec.state == RequestState.SUSPENDED and rec.reason != SHUTDOWN_REASON:
             return False  # suspended by a user or held: waits for an operator
-        held = await self._sweep_interrupted(loaded)
-        if held:
-            await self._set_state(
+        interrupts, held = await self._interrupted(loaded)
+        state = RequestState.SUSPENDED if held else RequestState.RUNNING
+        await self._journal_until_done(
+            lambda: self.journal.resume_request(
                 rid,
-                RequestState.SUSPENDED,
+                interrupts,
+                state,
                 expect=(RequestState.RUNNING, RequestState.PENDING, RequestState.SUSPENDED),
                 reason=held,
+                at=self.env.now(),
+            ),
+            f"the resume of {rid}",
+        )
+        for jid, try_no, job_state, error in interrupts:
+            row = loaded.jobs.get(jid)
+            if row is not None:
+                row.state = job_state  # as journaled now: no need to load the request again
+            logger.warning(
+                "try {} of {} was interrupted: {}",
+                try_no,
+                jid,
+                error,
+                request_id=rid,
+                job_id=jid,
+                action="try_interrupted",
             )
+        if held:
             return False
-        await self._run_loaded(loaded)  # the sweep updated `loaded` as it journaled
+        values, st = self._loaded_state(loaded)
+        self._start(rid, loaded.chain, values, st, rec.user)
         return True
 
-    async def _sweep_interrupted(self, loaded: LoadedRequest) -> str:
-        """Tries left RUNNING by an older boot: apply each node's onInterrupt. Returns a hold
-        reason if a job must wait for an operator."""
+    async def _interrupted(
+        self, loaded: LoadedRequest
+    ) -> tuple[list[tuple[str, int, JobState, str]], str]:
+        """Tries left RUNNING by an older boot, with what each node's onInterrupt makes of
+        them: (job id, try, state the job is left in, error) each, and a hold reason if a job
+        must wait for an operator."""
         held = ""
         rid = loaded.record.id
         boot = self.journal.boot_id
         log = None
+        out: list[tuple[str, int, JobState, str]] = []
         for jid, try_no, try_boot in loaded.running_tries:
             if try_boot == boot:
                 continue
@@ -323,26 +359,12 @@ class Runtime:
                 )
                 state = JobState.PENDING if failed <= job.retry else JobState.FAIL
                 error = "interrupted (onInterrupt: fail): counted as a failed try"
-            events = await self.journal.interrupt_try(
-                rid, jid, try_no, job_state=state, error=error, at=self.env.now()
-            )
-            self.env.publish(events)
-            row = loaded.jobs.get(jid)
-            if row is not None:
-                row.state = state  # as journaled now: no need to load the request again
-            logger.warning(
-                "try {} of {} was interrupted: {}",
-                try_no,
-                jid,
-                mode,
-                request_id=rid,
-                job_id=jid,
-                action="try_interrupted",
-            )
-        return held
+            out.append((jid, try_no, state, error))
+        return out, held
 
-    async def _run_loaded(self, loaded: LoadedRequest) -> None:
-        rid = loaded.record.id
+    def _loaded_state(self, loaded: LoadedRequest) -> tuple[ScopeVars, ChainState]:
+        """What a traverser of a loaded request starts from: the outputs of its completed
+        jobs, each job's state, tries, run epoch and retry budget."""
         chain = loaded.chain
         values = ScopeVars(chain)
         for jid in loaded.completed_order:
@@ -350,7 +372,7 @@ class Runtime:
             row = loaded.jobs.get(jid)
             if job is not None and row is not None and row.state == JobState.COMPLETE:
                 values.apply_outputs(job, row.outputs)
-        failed = await self.journal.failed_tries(rid)
+        failed = loaded.failed
         budget = {j: n for j, r in loaded.jobs.items() if (n := failed.get((j, r.seq_try), 0))}
         st = ChainState(
             state={j: r.state for j, r in loaded.jobs.items()},
@@ -363,7 +385,12 @@ class Runtime:
         for j, s in st.state.items():
             if s == JobState.RUNNING:
                 st.state[j] = JobState.PENDING
-        await self._restart(rid, chain, values, st, loaded.record.user)
+        return values, st
+
+    async def _run_loaded(self, loaded: LoadedRequest) -> None:
+        """Run a loaded request again (resume, retry, skip): RUNNING journaled, then run."""
+        values, st = self._loaded_state(loaded)
+        await self._restart(loaded.record.id, loaded.chain, values, st, loaded.record.user)
 
     # ---- control
 

@@ -68,6 +68,7 @@ def load_request(conn: sqlite3.Connection, request_id: str) -> LoadedRequest | N
         running_tries=[
             (r["job_id"], r["try"], r["boot_id"]) for r in conn.execute(q.RUNNING_TRIES, key)
         ],
+        failed=failed_tries(conn, request_id),
     )
 
 

@@ -62,6 +62,8 @@ class LoadedRequest(msgspec.Struct, kw_only=True):
     completed_order: list[str]
     #: (job_id, try, boot_id) of job_log rows still RUNNING
     running_tries: list[tuple[str, int, str]]
+    #: (job_id, seq_try) -> how many of the job's tries in that run epoch failed
+    failed: dict[tuple[str, int], int] = msgspec.field(default_factory=dict)
 
 
 class RequestFilter(msgspec.Struct, kw_only=True):

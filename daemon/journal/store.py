@@ -261,6 +261,26 @@ class Journal:
         write = writes.make_interrupt_try(request_id, job_id, try_no, job_state, error, at)
         return await self._writer.submit(write)
 
+    async def resume_request(
+        self,
+        request_id: str,
+        interrupts: Sequence[tuple[str, int, JobState, str]],
+        state: RequestState,
+        *,
+        expect: Collection[RequestState],
+        reason: str,
+        at: float,
+    ) -> list[Event]:
+        """A request taken up again at start, in one transaction: the tries an earlier boot
+        left RUNNING, (job id, try, state the job is left in, error) each, marked INTERRUPTED;
+        then the request's state (RUNNING, or SUSPENDED if it must wait for an operator)."""
+        parts = [
+            writes.make_interrupt_try(request_id, job_id, try_no, job_state, error, at)
+            for job_id, try_no, job_state, error in interrupts
+        ]
+        parts.append(writes.make_set_request_state(request_id, state, expect, at, reason))
+        return await self._writer.submit(writes.combine(*parts))
+
     async def apply_patch(
         self, request_id: str, patch: ChainPatch, *, at: float | None = None
     ) -> list[Event]:
@@ -344,10 +364,6 @@ class Journal:
 
     async def job_log(self, request_id: str, job_id: str | None = None) -> list[JobLogRow]:
         return await self._read(partial(reads.job_log, request_id=request_id, job_id=job_id))
-
-    async def failed_tries(self, request_id: str) -> dict[tuple[str, int], int]:
-        """(job_id, seq_try) -> how many of the job's tries in that run epoch failed."""
-        return await self._read(partial(reads.failed_tries, request_id=request_id))
 
     async def events_after(self, request_id: str, after_seq: int, limit: int = 1000) -> list[Event]:
         if not 1 <= limit <= MAX_PAGE:

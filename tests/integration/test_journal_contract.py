@@ -264,6 +264,43 @@ async def test_interrupted_try_of_older_boot(tmp_path: Path) -> None:
         await j.close()
 
 
+async def test_resume_request_is_one_transaction(journal: Journal) -> None:
+    """The resume of a request at start: its interrupted tries and its new state commit
+    together, or (a refusal) nothing does."""
+    await journal.create_request(make_record("R1"), make_chain(3))
+    await journal.set_request_state("R1", R, expect=[P], at=T0)
+    await journal.job_started("R1", "j1", 1, 1, T0)
+    await journal.job_started("R1", "j2", 1, 1, T0)
+    interrupts = [("j1", 1, JobState.PENDING, "boot"), ("j2", 1, JobState.FAIL, "hold")]
+    before = await journal.load_request("R1")
+    with pytest.raises(IllegalTransition, match="j3 of request R1 has no try 1"):
+        await journal.resume_request(  # j3 never ran: the whole write is refused
+            "R1", [*interrupts, ("j3", 1, JobState.PENDING, "")], R, expect=[R], reason="", at=T0
+        )
+    assert await journal.load_request("R1") == before
+    events = await journal.resume_request("R1", interrupts, S, expect=[R], reason="held", at=T0)
+    assert [(e.kind, e.job_id, e.state) for e in events] == [
+        ("job", "j1", "PENDING"),
+        ("job", "j2", "FAIL"),
+        ("request", None, "SUSPENDED"),
+    ]
+    loaded = await journal.load_request("R1")
+    assert loaded is not None
+    assert loaded.running_tries == []
+    assert (loaded.record.state, loaded.record.reason) == (S, "held")
+    assert (loaded.jobs["j1"].state, loaded.jobs["j2"].state) == (JobState.PENDING, JobState.FAIL)
+
+
+async def test_load_request_counts_failed_tries_per_run_epoch(journal: Journal) -> None:
+    await journal.create_request(make_record("R1"), make_chain(2))
+    await run_job(journal, "R1", "j1", try_no=1, state=JobState.FAIL)
+    await journal.reset_jobs("R1", ["j1"], scope_id=None, scope_try=None, at=T0)
+    await run_job(journal, "R1", "j1", try_no=2, state=JobState.FAIL)
+    loaded = await journal.load_request("R1")
+    assert loaded is not None
+    assert loaded.failed == {("j1", 1): 2}
+
+
 async def test_apply_patch(journal: Journal) -> None:
     chain = make_chain(3, deferred=("j2",))
     await journal.create_request(make_record("R1"), chain)
