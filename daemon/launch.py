@@ -58,8 +58,13 @@ class Launcher:
     def run(
         self, job: ChainJob, try_no: int, args: dict[str, Any], *, journaled: bool = False
     ) -> None:
-        """Run one claimed try in its own task (its RUNNING row first, unless `journaled`)."""
-        self.t.spawn(self._try(job, try_no, args, journaled), f"job:{self.t.rid}:{job.id}:{try_no}")
+        """Run one claimed try (its RUNNING row first, unless `journaled`): at once, in a task
+        of its own from the moment it has to wait (a job that never waits needs none)."""
+        self.t.spawn(
+            self._try(job, try_no, args, journaled),
+            f"job:{self.t.rid}:{job.id}:{try_no}",
+            eager=True,
+        )
 
     async def _try(self, job: ChainJob, try_no: int, args: dict[str, Any], journaled: bool) -> None:
         """One try: its RUNNING row (unless `journaled` already), then the job itself."""

@@ -30,6 +30,7 @@ from loguru import logger
 from daemon import logctx
 from daemon.chain import Chain, ChainJob, JobKind, ScopeVars
 from daemon.chain_writer import ChainWriter
+from daemon.eager import start as eager_start
 from daemon.edges import Edges
 from daemon.expansion import Expansions
 from daemon.inbox import (
@@ -236,8 +237,16 @@ class Traverser:
         elif isinstance(msg, Wake):
             self.waiting_slot = False
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str, *, eager: bool = False) -> None:
+        """Run `coro` in a task of this chain. `eager`: take its first step now, and make a
+        task only if it has to wait (daemon.eager)."""
+        if eager:
+            started = eager_start(coro, name)
+            if started is None:
+                return  # it finished in its first step
+            task = started
+        else:
+            task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
