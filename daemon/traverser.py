@@ -46,6 +46,7 @@ from daemon.inbox import (
     Written,
 )
 from daemon.launch import Launcher
+from daemon.mailbox import Mailbox
 from daemon.model import JobState, RequestState, RunningJob, ts_to_dt
 from daemon.ready import ReadyQueue
 from daemon.resets import Resets
@@ -81,7 +82,7 @@ class Traverser:
         self.epoch = st.epoch
         self.budget = st.budget
         self.scope_tries = st.scope_tries
-        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.inbox: Mailbox[Message] = Mailbox()
         self.edges = Edges(chain)
         self.pending_preds: dict[str, int] = {}
         self.ready = ReadyQueue()  # predecessors done, in the order they became ready
