@@ -8,6 +8,7 @@ check of the traverser's mode and that store).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,11 @@ from daemon.runner import TryRunner, make_context
 
 if TYPE_CHECKING:
     from daemon.traverser import Traverser
+
+
+#: seconds of work a chain does in a row (handling messages, launching tries) before it
+#: hands the event loop back: other chains and the API's calls get their turn within it
+TIME_SLICE = 0.005
 
 
 class Launcher:
@@ -50,8 +56,13 @@ class Launcher:
                     t.post(LaunchFailed(job.id, exc))
                 return
             env.publish(events)
+            loop = asyncio.get_running_loop()
+            until = loop.time() + TIME_SLICE
             for job, try_no, args in launches:
-                self.run(job, try_no, args, journaled=True)
+                self.run(job, try_no, args, journaled=True)  # runs at once if it need not wait
+                if loop.time() > until:
+                    await asyncio.sleep(0)  # let the rest of the loop in
+                    until = loop.time() + TIME_SLICE
 
         t.spawn(go(), f"start:{t.rid}:{len(launches)}")
 

@@ -45,7 +45,7 @@ from daemon.inbox import (
     WriteFailed,
     Written,
 )
-from daemon.launch import Launcher
+from daemon.launch import TIME_SLICE, Launcher
 from daemon.mailbox import Mailbox
 from daemon.model import JobState, RequestState, RunningJob, ts_to_dt
 from daemon.ready import ReadyQueue
@@ -175,14 +175,19 @@ class Traverser:
             try:
                 self._schedule()
                 inbox = self.inbox
+                loop = asyncio.get_running_loop()
                 while not self._finished():
                     self._handle(await inbox.get())
                     # everything that arrived meanwhile, so that the try ends it brings share
-                    # one journal write and the jobs they release one scheduling step
-                    while not inbox.empty():
+                    # one journal write and the jobs they release one scheduling step; for one
+                    # time slice at most, then the rest of the loop gets its turn
+                    until = loop.time() + TIME_SLICE
+                    while not inbox.empty() and loop.time() <= until:
                         self._handle(inbox.get_nowait())
                     self.writer.flush_ends()
                     self._schedule()
+                    if not inbox.empty():
+                        await asyncio.sleep(0)
             finally:
                 if deadline is not None:
                     deadline.cancel()
