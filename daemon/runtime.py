@@ -62,7 +62,51 @@ class Runtime:
         if self.shutting_down:
             raise Unavailable("spind is shutting down; no new requests")
         with self._creation():
-            return await self._create_now(type, args, user, trace_id, idempotency_key, body_hash)
+            if idempotency_key is not None:
+                replay = await self._idempotent(idempotency_key, body_hash)
+                if replay is not None:
+                    return replay, False
+            chain = await self.plan(type=type, args=args, require_request=True)
+            now = self.env.now()
+            rec = RequestRecord(
+                id=new_request_id(),
+                type=type,
+                user=user,
+                args=chain.args,
+                state=RequestState.PENDING,
+                created_at=now,
+                trace_id=trace_id,
+            )
+            try:
+                # created and RUNNING in one commit: the traverser starts it at once
+                events = await self.journal.create_request(
+                    rec, chain, idempotency_key=idempotency_key, body_hash=body_hash, started_at=now
+                )
+            except AlreadyExists:
+                if idempotency_key is None:
+                    raise
+                replay = await self._idempotent(idempotency_key, body_hash)
+                if replay is None:
+                    raise
+                return replay, False
+            self.env.publish(events)
+            logger.info(
+                "request created: {} by {}", type, user, request_id=rec.id, action="request_created"
+            )
+            state = ChainState(state={j: JobState.PENDING for j in chain.jobs})
+            self._start(rec.id, chain, ScopeVars(chain), state, user)
+            # the request as its commit left it (no read back: the traverser has not run yet)
+            view = RequestView(
+                id=rec.id,
+                type=rec.type,
+                state=RequestState.RUNNING,
+                user=rec.user,
+                args=rec.args,
+                created_at=datetime.fromtimestamp(rec.created_at, UTC),
+                total_jobs=len(chain.jobs),
+                trace_id=rec.trace_id,
+            )
+            return view, True
 
     @contextlib.contextmanager
     def _creation(self) -> Iterator[None]:
@@ -74,61 +118,6 @@ class Runtime:
         finally:
             self._creating.discard(marker)
             marker.set_result(None)
-
-    async def _create_now(
-        self,
-        type: str,
-        args: dict[str, Any],
-        user: str,
-        trace_id: str,
-        idempotency_key: str | None,
-        body_hash: str,
-    ) -> tuple[RequestView, bool]:
-        if idempotency_key is not None:
-            replay = await self._idempotent(idempotency_key, body_hash)
-            if replay is not None:
-                return replay, False
-        chain = await self.plan(type=type, args=args, require_request=True)
-        now = self.env.now()
-        rec = RequestRecord(
-            id=new_request_id(),
-            type=type,
-            user=user,
-            args=chain.args,
-            state=RequestState.PENDING,
-            created_at=now,
-            trace_id=trace_id,
-        )
-        try:
-            # created and RUNNING in one commit: the traverser starts it at once
-            events = await self.journal.create_request(
-                rec, chain, idempotency_key=idempotency_key, body_hash=body_hash, started_at=now
-            )
-        except AlreadyExists:
-            if idempotency_key is None:
-                raise
-            replay = await self._idempotent(idempotency_key, body_hash)
-            if replay is None:
-                raise
-            return replay, False
-        self.env.publish(events)
-        logger.info(
-            "request created: {} by {}", type, user, request_id=rec.id, action="request_created"
-        )
-        state = ChainState(state={j: JobState.PENDING for j in chain.jobs})
-        self._start(rec.id, chain, ScopeVars(chain), state, user)
-        # the request as its commit left it (no read back: the traverser has not run yet)
-        view = RequestView(
-            id=rec.id,
-            type=rec.type,
-            state=RequestState.RUNNING,
-            user=rec.user,
-            args=rec.args,
-            created_at=datetime.fromtimestamp(rec.created_at, UTC),
-            total_jobs=len(chain.jobs),
-            trace_id=rec.trace_id,
-        )
-        return view, True
 
     async def _idempotent(self, key: str, body_hash: str) -> RequestView | None:
         found = await self.journal.find_idempotent(key)
