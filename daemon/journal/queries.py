@@ -249,6 +249,17 @@ GET_JOBS = """SELECT json_group_array(json_object(
     'outputs', json(COALESCE(outputs, '{}')), 'finish_order', finish_order
 )) FROM jobs WHERE request_id = :request_id"""
 
+#: a request's view, chain, patches (one JSON array of [n, patch]: the aggregate's order is
+#: not promised) and job rows (GET_JOBS's array) in ONE statement: one snapshot without
+#: BEGIN/ROLLBACK, and a reader thread gives up the GIL twice (the step and the fetch)
+#: instead of a dozen times; each hand-back waits for the event loop to let go of it
+GET_DETAIL = f"""SELECT {_REQUEST_COLUMNS}, {_TOTALS},
+    (SELECT chain FROM chains WHERE request_id = r.id) AS chain,
+    (SELECT json_group_array(json_array(n, json(patch))) FROM chain_patches
+        WHERE request_id = r.id) AS patches,
+    ({GET_JOBS.replace(":request_id", "r.id")}) AS jobs
+FROM requests r WHERE r.id = :request_id"""
+
 GET_SCOPE_TRIES = "SELECT scope_id, tries FROM scope_tries WHERE request_id = :request_id"
 
 RUNNING_TRIES = """SELECT job_id, try, boot_id FROM job_log

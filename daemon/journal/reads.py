@@ -78,11 +78,16 @@ def get_view(conn: sqlite3.Connection, request_id: str) -> RequestView | None:
 
 
 def get_request(conn: sqlite3.Connection, request_id: str) -> RequestDetail | None:
-    view = get_view(conn, request_id)
-    if view is None:
+    """The request, its jobs and edges, from ONE statement (GET_DETAIL): one snapshot with no
+    transaction of its own (no `snapshot` needed)."""
+    row = conn.execute(q.GET_DETAIL, {"request_id": request_id}).fetchone()
+    if row is None:
         return None
-    chain = _chain(conn, request_id)
-    states = _jobs(conn, request_id)
+    view = rows.view_from_row(row)
+    chain = rows.chain_from_json(row["chain"])
+    for patch in rows.patches_from_json(row["patches"]):
+        chain.apply(patch)
+    states = rows.jobs_from_json(row["jobs"])
     jobs = []
     for job in chain.jobs.values():
         state = states.get(job.id)

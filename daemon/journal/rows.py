@@ -132,6 +132,18 @@ def patch_from_json(text: str) -> ChainPatch:
     return _patch_decoder.decode(text)
 
 
+_numbered_patches_decoder = msgspec.json.Decoder(list[tuple[int, ChainPatch]])
+
+
+def patches_from_json(text: str) -> list[ChainPatch]:
+    """GET_DETAIL's array of [n, patch], in the order they were applied (n)."""
+    return [patch for _, patch in sorted(_numbered_patches_decoder.decode(text), key=_first)]
+
+
+def _first(pair: tuple[int, ChainPatch]) -> int:
+    return pair[0]
+
+
 def request_params(
     rec: RequestRecord, idempotency_key: str | None, body_hash: str | None
 ) -> dict[str, Any]:

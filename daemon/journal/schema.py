@@ -223,6 +223,11 @@ def configure(conn: sqlite3.Connection, synchronous: str, *, writer: bool) -> No
         conn.execute(q.SET_QUERY_ONLY)
 
 
+def configure_reader(conn: sqlite3.Connection) -> None:
+    """A connection that only reads (the synchronous level is the writer's business)."""
+    configure(conn, "NORMAL", writer=False)
+
+
 async def _connect(target: str, *, uri: bool = False) -> aiosqlite.Connection:
     try:
         return await aiosqlite.connect(target, isolation_level=None, uri=uri)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 import msgspec
@@ -26,6 +26,7 @@ from daemon.errors import BadRequest
 from daemon.journal import reads, schema, writes
 from daemon.journal.checkpoint import Checkpointer
 from daemon.journal.errors import JournalError, JournalUnavailable
+from daemon.journal.inline import InlineReader
 from daemon.journal.rows import (
     JobRow,
     LoadedRequest,
@@ -63,6 +64,7 @@ class Journal:
         writer_db: aiosqlite.Connection,
         reader_db: aiosqlite.Connection,
         checkpointer: Checkpointer | None = None,
+        inline: InlineReader | None = None,
     ) -> None:
         self.path = path
         self._writer_db = writer_db
@@ -70,6 +72,8 @@ class Journal:
         self._writer = Writer(writer_db)
         #: WAL checkpoints off the writer's path (None: the writer checkpoints by itself)
         self._checkpointer = checkpointer
+        #: small reads on the loop's own thread (None: every read goes to the reader thread)
+        self._inline = inline
         self._closed = False
         #: id of the boot row written by `start_boot` ("" until then)
         self.boot_id = ""
@@ -89,11 +93,16 @@ class Journal:
         writer_db, reader_db, applied = await schema.open_connections(p, synchronous)
         try:
             ckpt = await Checkpointer.open(p.absolute(), writer_db)
+            try:
+                inline = InlineReader.open(p.absolute(), schema.configure_reader)
+            except BaseException:
+                await ckpt.close()
+                raise
         except BaseException:
             await writer_db.close()
             await reader_db.close()
             raise
-        journal = cls(p.absolute(), writer_db, reader_db, ckpt)
+        journal = cls(p.absolute(), writer_db, reader_db, ckpt, inline)
         journal._writer.start()
         ckpt.start(lambda: journal._writer.stats.commits)
         for name in applied:
@@ -114,6 +123,8 @@ class Journal:
             finally:
                 await self._writer_db.close()
                 await self._reader_db.close()
+                if self._inline is not None:
+                    self._inline.close()
 
     @property
     def stats(self) -> WriterStats:
@@ -322,7 +333,20 @@ class Journal:
 
     # -- reads -------------------------------------------------------------------------------
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _read(self, fn: Callable[[sqlite3.Connection], T], key: str | None = None) -> T:
+        """A read the API makes: on the loop's thread if it is small (`InlineReader`), else
+        in the reader thread. `key` names it for the inline reader's memory of large reads."""
+        if self._closed:
+            raise JournalUnavailable("the journal is closed")
+        if self._inline is not None:
+            done, value = self._inline.run(fn, key)
+            if done:
+                return cast(T, value)
+        return await self._read_in_thread(fn)
+
+    async def _read_in_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read in the reader thread: for reads that are large by nature (a whole chain to
+        resume, a backup) and for those the inline reader sent on."""
         if self._closed:
             raise JournalUnavailable("the journal is closed")
         try:
@@ -332,23 +356,24 @@ class Journal:
 
     async def load_request(self, request_id: str) -> LoadedRequest | None:
         fn = partial(reads.load_request, request_id=request_id)
-        return await self._read(partial(reads.snapshot, fn=fn))
+        return await self._read_in_thread(partial(reads.snapshot, fn=fn))
 
     async def unfinished_request_ids(self) -> list[str]:
         """PENDING, RUNNING and SUSPENDED requests, oldest first."""
-        return await self._read(reads.unfinished_request_ids)
+        return await self._read_in_thread(reads.unfinished_request_ids)
 
     async def stale_running_tries(self) -> list[tuple[str, str, int, str]]:
         """(request id, job id, try, boot id) of the tries journaled RUNNING by an earlier
         boot: at start, the tries a crash interrupted (their processes may still run)."""
-        return await self._read(partial(reads.stale_running_tries, boot_id=self.boot_id))
+        return await self._read_in_thread(partial(reads.stale_running_tries, boot_id=self.boot_id))
 
     async def get_request(self, request_id: str) -> RequestDetail | None:
         fn = partial(reads.get_request, request_id=request_id)
-        return await self._read(partial(reads.snapshot, fn=fn))
+        return await self._read(fn, f"detail {request_id}")
 
     async def get_view(self, request_id: str) -> RequestView | None:
-        return await self._read(partial(reads.get_view, request_id=request_id))
+        fn = partial(reads.get_view, request_id=request_id)
+        return await self._read(fn, f"view {request_id}")
 
     async def find_requests(self, f: RequestFilter) -> list[RequestView]:
         """Newest first. An arg filter matches the arg's value as text."""
@@ -356,14 +381,18 @@ class Journal:
             raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
         if f.offset < 0:
             raise BadRequest("offset must not be negative")
-        return await self._read(partial(reads.find_requests, params=reads.filter_params(f)))
+        params = reads.filter_params(f)
+        # the same filter tends to match the same large requests (their totals count jobs)
+        key = "find " + ",".join(f"{k}={v}" for k, v in params.items())
+        return await self._read(partial(reads.find_requests, params=params), key)
 
     async def count_by_state(self) -> dict[str, int]:
         """Requests per state, for metrics."""
-        return await self._read(reads.count_by_state)
+        return await self._read(reads.count_by_state, "count by state")
 
     async def job_log(self, request_id: str, job_id: str | None = None) -> list[JobLogRow]:
-        return await self._read(partial(reads.job_log, request_id=request_id, job_id=job_id))
+        fn = partial(reads.job_log, request_id=request_id, job_id=job_id)
+        return await self._read(fn, f"log {request_id} {job_id}")
 
     async def events_after(self, request_id: str, after_seq: int, limit: int = 1000) -> list[Event]:
         if not 1 <= limit <= MAX_PAGE:
@@ -389,10 +418,10 @@ class Journal:
         """A consistent copy of the journal (SQLite online backup), while writes continue."""
         target = Path(dest).absolute()
         try:
-            await self._read(partial(reads.backup, dest=target))
+            await self._read_in_thread(partial(reads.backup, dest=target))
         except OSError as exc:
             raise JournalError(f"cannot write a backup to {target}: {exc}") from exc
 
     async def integrity_check(self) -> str:
         """SQLite's integrity check: "ok", or its list of problems."""
-        return await self._read(reads.integrity_check)
+        return await self._read_in_thread(reads.integrity_check)
