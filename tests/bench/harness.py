@@ -49,15 +49,11 @@ def peak_rss_mb(children: bool = False) -> float:
     return resource.getrusage(who).ru_maxrss / 1024.0
 
 
-def _complete_at(
-    log: list[tuple[float, str, Sequence[TryEnd]]],
-) -> dict[tuple[str, str], float]:
-    return {
-        (rid, end.job_id): t
-        for t, rid, ends in log
-        for end in ends
-        if end.log_state == JobState.COMPLETE
-    }
+_End = tuple[str, bool, list[str]]
+
+
+def _complete_at(log: list[tuple[float, str, list[_End]]]) -> dict[tuple[str, str], float]:
+    return {(rid, job_id): t for t, rid, ends in log for job_id, complete, _ in ends if complete}
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -80,9 +76,10 @@ class Probe:
 
     #: (time, request id, job ids) of committed RUNNING rows
     _starts: list[tuple[float, str, list[str]]] = field(default_factory=list)
-    #: (time, request id, ends) when try ends were asked for, and when they committed
-    _asked: list[tuple[float, str, Sequence[TryEnd]]] = field(default_factory=list)
-    _committed: list[tuple[float, str, Sequence[TryEnd]]] = field(default_factory=list)
+    #: (time, request id, ends) when try ends were asked for, and when they committed; an end
+    #: is (job id, whether the try COMPLETEd, ids of the jobs started in the same commit)
+    _asked: list[tuple[float, str, list[_End]]] = field(default_factory=list)
+    _committed: list[tuple[float, str, list[_End]]] = field(default_factory=list)
 
     def install(self, journal: Journal) -> None:
         """Wrap the journal's try writes (one job's or several jobs' at once)."""
@@ -103,11 +100,17 @@ class Probe:
             return events
 
         def queue_tries_ended(request_id: str, ends: Sequence[TryEnd], **kw: Any) -> Any:
-            self._asked.append((clock(), request_id, ends))
+            # what the maps need, not the TryEnds (their outputs and output texts would stay
+            # alive for the whole run: memory the daemon does not hold)
+            brief = [
+                (e.job_id, e.log_state == JobState.COMPLETE, [s[0] for s in e.then_start])
+                for e in ends
+            ]
+            self._asked.append((clock(), request_id, brief))
 
             def committed(fut: Any) -> None:
                 if not fut.cancelled() and fut.exception() is None:
-                    self._committed.append((clock(), request_id, ends))
+                    self._committed.append((clock(), request_id, brief))
 
             fut = ended(request_id, ends, **kw)
             fut.add_done_callback(committed)  # runs before the traverser hears of the commit
@@ -123,8 +126,8 @@ class Probe:
         marks += [  # started in the same commit as an end
             (t, rid, started_id)
             for t, rid, ends in self._committed
-            for end in ends
-            for started_id, _try, _seq in end.then_start
+            for _job_id, _complete, then_start in ends
+            for started_id in then_start
         ]
         marks.sort(key=lambda m: m[0])  # a later try's start wins
         return {(rid, jid): t for t, rid, jid in marks}
@@ -165,6 +168,8 @@ class Rig:
         self.journal = journal
         self.runtime = runtime
         self.specs = specs
+        #: peak RSS (MB) when the last `run` ended
+        self.peak_rss_mb = 0.0
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -244,6 +249,9 @@ class Rig:
         rid = await self.create(type, **args)
         state = await self.finish(rid)
         wall = time.perf_counter() - t0
+        # the peak while the request ran, before a workload works out its figures (loading the
+        # request back, the probe's maps: memory of the bench, not of the daemon)
+        self.peak_rss_mb = peak_rss_mb()
         if state != RequestState.COMPLETE:
             raise RuntimeError(f"{type} ended {state}; see {self.root / 'spind.log'}")
         return rid, wall

@@ -59,6 +59,7 @@ async def chain(root: Path, n: int, *, synchronous: str = "NORMAL") -> Result:
             "end_to_start_p99_ms": percentile(end_to_start, 99),
             "commits_per_job": commits / n,
             "base_rss_mb": base,
+            "peak_rss_mb": rig.peak_rss_mb,
         }
 
 
@@ -78,6 +79,7 @@ async def fanout(root: Path, n: int, *, synchronous: str = "NORMAL") -> Result:
             **_latencies(_turnarounds(probe)),
             "commits_per_job": commits / (n + 1),
             "base_rss_mb": base,
+            "peak_rss_mb": rig.peak_rss_mb,
         }
 
 
@@ -92,6 +94,7 @@ async def sleep_fanout(root: Path, n: int) -> Result:
             "wall_s": wall,
             "jobs_per_s": (n + 1) / wall,
             **_latencies(_turnarounds(probe)),
+            "peak_rss_mb": rig.peak_rss_mb,
         }
 
 
@@ -106,6 +109,7 @@ async def shell_fanout(root: Path, n: int) -> Result:
             "wall_s": wall,
             "jobs_per_s": (n + 1) / wall,
             **_latencies(_turnarounds(probe)),
+            "peak_rss_mb": rig.peak_rss_mb,
         }
 
 
