@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon import leftovers
+
 REPO = Path(__file__).resolve().parents[2]
 FINAL = ("COMPLETE", "FAIL", "STOPPED")
 
@@ -162,9 +164,30 @@ class Daemon:
         return self.proc.wait(timeout)
 
     def close(self) -> None:
+        """Kill the daemon (SIGKILL) if it runs, then the job processes it left."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self.kill_jobs()
+
+    def kill_jobs(self) -> list[int]:
+        """SIGKILL the process groups of job processes of this journal, i.e. what a killed
+        daemon leaves running (a `sleep 30` would outlive the test by 30 s: the daemon
+        only stops orphans at its next start, which a finished test never makes). Returns
+        the groups signalled."""
+        journal = os.path.realpath(self.journal)
+        own = os.getpgrp()
+        groups = sorted(
+            {
+                p.pgid
+                for p in leftovers.scan()
+                if p.marker is not None and p.marker.journal == journal and p.pgid != own
+            }
+        )
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        return groups
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -144,3 +144,32 @@ def test_refuses_to_start_without_its_tmp_dir(tmp_path: Path) -> None:
         assert "spind.db.tmp exists and is not a directory" in d.log()
     finally:
         d.close()
+
+
+def test_the_harness_leaves_no_job_of_a_killed_daemon(tmp_path: Path) -> None:
+    """`Daemon.close()` kills the daemon and then its jobs' process groups (and only those):
+    a test that ends while a job sleeps must not leave it running after the test."""
+    d = Daemon(tmp_path / "main", _specs())
+    other = Daemon(tmp_path / "other", _specs())
+    ledger, other_ledger = tmp_path / "ledger", tmp_path / "other-ledger"
+    pids: list[int] = []
+    try:
+        d.start()
+        other.start()
+        d.start_request("orphan", ledger=str(ledger), mode="stubborn")
+        other.start_request("orphan", ledger=str(other_ledger), mode="stubborn")
+        pids = eventually(lambda: first_try(ledger)[0])
+        other_pids = eventually(lambda: first_try(other_ledger)[0])
+        pids += other_pids
+        d.close()
+        # SIGKILL reaches the stubborn shell and its `sleep 600`; the other journal's stay
+        eventually(lambda: not any(alive(p) for p in pids[:2]))
+        assert all(alive(p) for p in other_pids)
+        assert d.kill_jobs() == []
+        assert other.terminate() == 0
+    finally:
+        d.close()
+        other.close()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
