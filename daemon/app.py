@@ -168,6 +168,7 @@ class Daemon:
         cfg = self.cfg
         boot = await self.journal.start_boot(os.getpid(), __version__)
         self.journal.writer.on_commit = self.metrics.journal_committed
+        self.journal.on_read = self.metrics.journal_read
         logger.info("spind {} starting, boot {}, journal {}", __version__, boot, cfg.journal)
         journal_id = os.path.realpath(self.journal.path)
         tmp_dir = leftovers.tmp_dir_for(self.journal.path)

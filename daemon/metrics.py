@@ -57,6 +57,13 @@ class Metrics:
         self.journal_batch = hot.histogram(
             "spind_journal_batch_size", "Records written per journal commit.", BATCH_BUCKETS
         )
+        self.journal_reads = hot.counter(
+            "spind_journal_reads",
+            "Journal reads, by where they ran: loop (a small read on the event loop's own"
+            " connection) or thread (the reader thread: large reads, and small ones that"
+            " went over the loop's budget).",
+            ["where"],
+        )
         self.api_requests = hot.counter(
             "spind_api_requests",
             "API requests served, by method, route template and status.",
@@ -104,6 +111,9 @@ class Metrics:
     def journal_committed(self, seconds: float, records: int) -> None:
         self.journal_commit.observe(max(seconds, 0.0))
         self.journal_batch.observe(records)
+
+    def journal_read(self, where: str) -> None:
+        self.journal_reads.inc((where,))
 
     def api_request(self, method: str, route: str, status: int) -> None:
         self.api_requests.inc((method, route, str(status)))

@@ -74,6 +74,8 @@ class Journal:
         self._checkpointer = checkpointer
         #: small reads on the loop's own thread (None: every read goes to the reader thread)
         self._inline = inline
+        #: called after every read with where it ran ("loop" or "thread"), e.g. for metrics
+        self.on_read: Callable[[str], None] | None = None
         self._closed = False
         #: id of the boot row written by `start_boot` ("" until then)
         self.boot_id = ""
@@ -341,6 +343,8 @@ class Journal:
         if self._inline is not None:
             done, value = self._inline.run(fn, key)
             if done:
+                if self.on_read is not None:
+                    self.on_read("loop")
                 return cast(T, value)
         return await self._read_in_thread(fn)
 
@@ -349,6 +353,8 @@ class Journal:
         resume, a backup) and for those the inline reader sent on."""
         if self._closed:
             raise JournalUnavailable("the journal is closed")
+        if self.on_read is not None:
+            self.on_read("thread")
         try:
             return await run_in_connection_thread(self._reader_db, fn)
         except sqlite3.OperationalError as exc:

@@ -602,6 +602,8 @@ def test_metrics_count_every_try_commit_and_call(tmp_path: Path) -> None:
     assert commits >= 3  # the request, its tries' starts and ends (some share a commit)
     assert delta("spind_journal_batch_size_count") == commits
     assert delta("spind_journal_batch_size_sum") >= commits
+    # waiting for the request read it (small: on the loop's own connection)
+    assert delta("spind_journal_reads_total", where="loop") >= 1
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -55,6 +55,9 @@ def test_gauges_counters_and_histograms() -> None:
     m.jobs_running.inc(4)
     m.jobs_running.dec()
     m.journal_committed(0.003, 17)
+    m.journal_read("loop")
+    m.journal_read("loop")
+    m.journal_read("thread")
     m.chains_resumed.inc(2)
     m.api_request("POST", "/api/v1/requests", 201)
     m.api_request("POST", "/api/v1/requests", 201)
@@ -69,6 +72,8 @@ def test_gauges_counters_and_histograms() -> None:
     assert got[("spind_journal_commit_seconds_bucket", (("le", "0.005"),))] == 1
     assert got[("spind_journal_commit_seconds_bucket", (("le", "0.0025"),))] == 0
     assert got[("spind_journal_batch_size_sum", ())] == 17
+    assert got[("spind_journal_reads_total", (("where", "loop"),))] == 2
+    assert got[("spind_journal_reads_total", (("where", "thread"),))] == 1
     assert got[("spind_chains_resumed_total", ())] == 2
     post = (("method", "POST"), ("route", "/api/v1/requests"), ("status", "201"))
     assert got[("spind_api_requests_total", post)] == 2
