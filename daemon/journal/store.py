@@ -404,7 +404,7 @@ class Journal:
         if not 1 <= limit <= MAX_PAGE:
             raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
         fn = partial(reads.events_after, request_id=request_id, after_seq=after_seq, limit=limit)
-        return await self._read(fn)
+        return await self._read(fn, f"events {request_id} {limit}")
 
     async def backlog(
         self, request_id: str, after_seq: int, limit: int = 1000
@@ -414,7 +414,9 @@ class Journal:
         if not 1 <= limit <= MAX_PAGE:
             raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
         fn = partial(reads.backlog, request_id=request_id, after_seq=after_seq, limit=limit)
-        return await self._read(partial(reads.snapshot, fn=fn))
+        # a request with a long backlog pages through full pages: once one was too large,
+        # the next go to the thread directly
+        return await self._read(partial(reads.snapshot, fn=fn), f"events {request_id} {limit}")
 
     async def find_idempotent(self, key: str) -> tuple[str, str] | None:
         """(request_id, body_hash) of the request created with this idempotency key."""

@@ -144,6 +144,23 @@ async def test_a_large_read_goes_to_the_thread_at_once_the_next_time(journal: Jo
     assert reader.inline_reads == 1
 
 
+async def test_a_long_backlog_pages_in_the_thread_after_the_first_full_page(
+    journal: Journal,
+) -> None:
+    reader = _inline(journal)
+    starts = [(f"j{n}", 1, 1) for n in range(4, 1504)]  # 1,500 more events, in one write
+    await journal.jobs_started("BIG", starts, at=T0 + 5)
+    first = await journal.backlog("BIG", 0, 1000)  # ~14,000 instructions: too large here
+    assert first is not None and len(first[0]) == 1000 and reader.sent_to_thread == 1
+    ticks = reader._ticks
+    rest = await journal.backlog("BIG", first[0][-1].seq, 1000)  # straight to the thread
+    assert rest is not None and len(rest[0]) == 7 + 1500 - 1000
+    assert reader.sent_to_thread == 2 and reader._ticks == ticks
+    # a small page of the same request is another key: it answers on the loop
+    assert await journal.events_after("BIG", 0, 10) == first[0][:10]
+    assert reader.inline_reads == 1
+
+
 async def test_reads_after_close_are_refused(journal: Journal) -> None:
     await journal.close()
     with pytest.raises(Exception, match="closed"):
