@@ -366,7 +366,7 @@ class Daemon:
         try:
             new, file = load_config(self.config_file, overrides=self.overrides)
         except ConfigError as exc:
-            errors = [exc.message]  # it names the file (or variable), line and key
+            errors = exc.problems  # each names the file (or variable), line and key
         else:
             new = self._keep_restart_keys(new)
             errors = self._reload_refusals(new, file or "the config") or self._reload_tls(new)
@@ -519,7 +519,8 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> int:
         cfg, file = load_config(config_path, overrides=overrides)
     except ConfigError as exc:
         setup_logging("INFO", "text")
-        logger.error("config: {}", exc.message)
+        for problem in exc.problems:
+            logger.error("config: {}", problem)
         return EXIT_REFUSED
     setup_logging(cfg.log.level, cfg.log.format)
     if file:

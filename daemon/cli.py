@@ -20,7 +20,8 @@ def _config_jobs(config_path: str | None) -> tuple[str, dict[str, str]] | int:
     try:
         cfg, _file = load_config(config_path)
     except ConfigError as exc:
-        print(f"spind: config: {exc.message}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"spind: config: {problem}", file=sys.stderr)
         return 2
     return cfg.specs, dict(cfg.jobs)
 
@@ -81,7 +82,8 @@ def _journal_path(args: argparse.Namespace) -> str | int:
     try:
         cfg, _file = load_config(args.config)
     except ConfigError as exc:
-        print(f"spind: config: {exc.message}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"spind: config: {problem}", file=sys.stderr)
         return 2
     return cfg.journal
 

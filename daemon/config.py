@@ -17,7 +17,7 @@ import hmac
 import os
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -47,10 +47,14 @@ _JOB_CLASS = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 class ConfigError(SpindError):
     """The configuration is invalid."""
 
-    def __init__(self, message: str, *, key: str = "", source: str = "") -> None:
+    def __init__(
+        self, message: str, *, key: str = "", source: str = "", problems: Sequence[str] = ()
+    ) -> None:
         super().__init__(message)
-        self.key = key
+        self.key = key  # of the first problem
         self.source = source
+        #: every problem found, each naming its source and key (the message joins them)
+        self.problems = list(problems) or [message]
 
 
 class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -166,10 +170,32 @@ Path = tuple[str | int, ...]
 
 
 class _Sources:
-    """Where each key's value came from, to name it in an error."""
+    """Where each key's value came from, to name it in an error; and the problems found so far
+    (a check records every problem it finds, so that one run names them all)."""
 
     def __init__(self) -> None:
         self.by_path: dict[Path, str] = {}
+        self._problems: list[tuple[str, str, str]] = []  # (message, key, source)
+
+    def problem(self, path: Path, text: str) -> None:
+        key = _dotted(path)
+        where = self.get(path)
+        self._problems.append((f"{where}: {key}: {text}", key, where))
+
+    def raise_problems(self) -> None:
+        """Raise one ConfigError holding every problem recorded, if any."""
+        if self._problems:
+            raise self.error()
+
+    def error(self) -> ConfigError:
+        """The ConfigError of the problems recorded (at least one)."""
+        messages = [m for m, _, _ in self._problems]
+        _, key, where = self._problems[0]
+        if len(messages) == 1:
+            text = messages[0]
+        else:
+            text = f"{len(messages)} problems:\n" + "\n".join(f"  {m}" for m in messages)
+        return ConfigError(text, key=key, source=where, problems=messages)
 
     def set(self, path: Path, where: str) -> None:
         # A new source replaces the old one for the key and everything below it.
@@ -336,6 +362,7 @@ def _check_unknown(raw: Any, cls: type[msgspec.Struct], path: Path, sources: _So
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else f"; known keys: {', '.join(known)}"
             _fail(sources, sub, f"unknown key{hint}")
+            continue
         inner, in_list = _struct_of(hints[key])
         if inner is None:
             continue
@@ -346,10 +373,9 @@ def _check_unknown(raw: Any, cls: type[msgspec.Struct], path: Path, sources: _So
             _check_unknown(value, inner, (*path, key), sources)
 
 
-def _fail(sources: _Sources, path: Path, problem: str) -> typing.NoReturn:
-    key = _dotted(path)
-    where = sources.get(path)
-    raise ConfigError(f"{where}: {key}: {problem}", key=key, source=where)
+def _fail(sources: _Sources, path: Path, problem: str) -> None:
+    """Record a problem (raised with the others by `_Sources.raise_problems`)."""
+    sources.problem(path, problem)
 
 
 def _seconds(value: Any) -> Any:
@@ -434,6 +460,7 @@ def _convert(raw: dict[str, Any], sources: _Sources) -> Config:
             if isinstance(value, int | float) and "str" in text:
                 problem += "; quote the value in YAML"
         _fail(sources, path, problem)
+        raise sources.error() from None
 
 
 _MISSING = object()
@@ -525,8 +552,12 @@ def load_config(
         key_path = _OVERRIDE_ALIASES.get(name) or tuple(name.split("."))
         _set(raw, key_path, value)
         sources.set(key_path, f"command-line option for {name}")
+    # every unknown key and malformed value at once; then the types (msgspec stops at the
+    # first wrong one); then every value the types cannot check
     _check_unknown(raw, Config, (), sources)
     _normalize(raw, sources)
+    sources.raise_problems()
     cfg = _convert(raw, sources)
     _check_values(cfg, sources)
+    sources.raise_problems()
     return cfg, file

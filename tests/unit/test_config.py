@@ -214,6 +214,44 @@ def test_bad_file_raises_config_error_naming_key_and_file(
     assert isinstance(info.value, SpindError)
 
 
+SEVERAL_PROBLEMS = [
+    # (file, the problems' keys and lines in order): every problem of a stage at once
+    (
+        "listn: a:1\nshutdown_grace: 3x\njobs:\n  deploy: nocolon\nlog:\n  levl: x\n",
+        [
+            ("listn", ":1:1"),
+            ("log.levl", ":6:3"),
+            ("shutdown_grace", ":2:1"),
+            ("jobs.deploy", ":4:3"),
+        ],
+    ),
+    (
+        'listen: localhost\njournal: ""\nspecs: ""\n',
+        [("listen", ":1:1"), ("journal", ":2:1"), ("specs", ":3:1")],
+    ),
+    # a wrong type stops the types' stage (msgspec names the first one): one problem
+    ("max_running_jobs: many\noutput_limit: none\n", [("max_running_jobs", ":1:1")]),
+]
+
+
+@pytest.mark.parametrize(("text", "found"), SEVERAL_PROBLEMS)
+def test_every_problem_of_a_stage_is_reported(
+    tmp_path: Path, text: str, found: list[tuple[str, str]]
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    problems = info.value.problems
+    assert len(problems) == len(found), problems
+    for problem, (key, line) in zip(problems, found, strict=True):
+        assert problem.startswith(f"{path}{line}: {key}: "), problem
+    assert info.value.key == found[0][0]
+    message = str(info.value)
+    assert all(p in message for p in problems)
+    if len(found) > 1:
+        assert message.startswith(f"{len(found)} problems:")
+
+
 def test_tls_file_must_be_readable(tmp_path: Path) -> None:
     key = write(tmp_path, "KEY", "key.pem")
     cert = tmp_path / "certdir"
