@@ -71,11 +71,7 @@ SELECT :request_id, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
     json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'), 'PENDING'
 FROM json_each(:jobs) ORDER BY key"""
 
-LAST_ROWID = "SELECT last_insert_rowid()"
-
 #: rows the last INSERT/UPDATE/DELETE changed (Python's rowcount is -1 for `WITH ... UPDATE`)
-CHANGES = "SELECT changes()"
-
 INSERT_EVENT = """INSERT INTO events (request_id, kind, state, at, job_id, try, detail)
 VALUES (:request_id, :kind, :state, :at, :job_id, :try, :detail)"""
 
@@ -139,11 +135,10 @@ SELECT :request_id, json_extract(value, '$[0]'), json_extract(value, '$[1]'), :a
     json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]')
 FROM json_each(:events) ORDER BY key"""
 
-MAX_FINISH_ORDER = """SELECT COALESCE(MAX(finish_order), 0) FROM jobs
-WHERE request_id = :request_id"""
-
 #: :ends = [[job_id, state, outputs JSON text or null, n-th completion in the batch or null],
-#: ...]; a completed job's finish order is :base (MAX_FINISH_ORDER) + n
+#: ...]; a completed job's finish order is the request's highest so far + n (the scalar
+#: subquery is not correlated: SQLite evaluates it once, before the first row changes; the
+#: index jobs_finish_order makes it one lookup)
 FINISH_JOBS = """WITH s(job_id, state, outputs, n) AS MATERIALIZED (
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
         json_extract(value, '$[3]')
@@ -152,7 +147,9 @@ FINISH_JOBS = """WITH s(job_id, state, outputs, n) AS MATERIALIZED (
 UPDATE jobs SET
     state = s.state,
     outputs = s.outputs,
-    finish_order = CASE WHEN s.n IS NULL THEN NULL ELSE :base + s.n END
+    finish_order = CASE WHEN s.n IS NULL THEN NULL ELSE (
+        SELECT COALESCE(MAX(finish_order), 0) FROM jobs WHERE request_id = :request_id
+    ) + s.n END
 FROM s
 WHERE jobs.request_id = :request_id AND jobs.job_id = s.job_id AND jobs.state = 'RUNNING'"""
 

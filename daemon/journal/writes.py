@@ -229,8 +229,8 @@ def _events_of(
     return them as the journal numbered them (AUTOINCREMENT, consecutively: this connection is
     the only writer and the statement inserts in array order)."""
     params = {"request_id": request_id, "at": at, "events": rows.to_json(events)}
-    conn.execute(q.INSERT_EVENTS, params)
-    last = conn.execute(q.LAST_ROWID).fetchone()[0]
+    last = conn.execute(q.INSERT_EVENTS, params).lastrowid  # the sqlite3 module reads it
+    assert last is not None
     first = last - len(events) + 1
     when = datetime.fromtimestamp(at, UTC)
     return [
@@ -248,8 +248,15 @@ def _events_of(
     ]
 
 
-def _changes(conn: sqlite3.Connection) -> int:
-    return int(conn.execute(q.CHANGES).fetchone()[0])
+def _changed(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> int:
+    """Run an INSERT/UPDATE and return the rows it changed. The sqlite3 module gives no
+    rowcount for a statement that starts with WITH, and `SELECT changes()` would be one more
+    statement (and one more GIL hand-off in the writer thread): the connection's running
+    total is an attribute read. (No trigger of the schema changes rows: the total counts only
+    this statement's.)"""
+    before = conn.total_changes
+    conn.execute(sql, params)
+    return conn.total_changes - before
 
 
 def _detail(end: TryEnd) -> str:
@@ -288,12 +295,9 @@ def make_tries_ended(request_id: str, ends: Sequence[TryEnd], at: float, boot_id
     ids = ", ".join(e.job_id for e in ends[:5]) + (", ..." if len(ends) > 5 else "")
 
     def write(conn: sqlite3.Connection) -> list[Event]:
-        base = conn.execute(q.MAX_FINISH_ORDER, key).fetchone()[0] if completed else 0
-        conn.execute(q.FINISH_JOBS, {**finish, "base": base})
-        if _changes(conn) != len(jobs):
+        if _changed(conn, q.FINISH_JOBS, finish) != len(jobs):
             raise IllegalTransition(f"request {request_id}: not every job was RUNNING ({ids})")
-        conn.execute(q.FINISH_LOGS, finish_logs)
-        if _changes(conn) != len(logs):
+        if _changed(conn, q.FINISH_LOGS, finish_logs) != len(logs):
             raise IllegalTransition(f"request {request_id}: not every try was RUNNING ({ids})")
         out = _events_of(conn, request_id, at, events)
         if then is not None:
@@ -325,8 +329,7 @@ def make_jobs_started(
     ids = ", ".join(j for j, _, _ in starts[:5]) + (", ..." if len(starts) > 5 else "")
 
     def write(conn: sqlite3.Connection) -> list[Event]:
-        conn.execute(q.START_JOBS, params)
-        if _changes(conn) != len(starts):
+        if _changed(conn, q.START_JOBS, params) != len(starts):
             raise IllegalTransition(f"request {request_id}: not every job was PENDING ({ids})")
         try:
             conn.execute(q.INSERT_LOGS, params)

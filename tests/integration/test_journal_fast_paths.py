@@ -11,6 +11,7 @@ import pytest
 
 from daemon.journal import Journal, TryEnd, checkpoint
 from daemon.journal.errors import IllegalTransition, JournalError
+from daemon.journal.queries import FINISH_JOBS
 from daemon.journal.writer import run_in_connection_thread
 from daemon.model import JobState
 from tests.integration.journal_helpers import T0, make_chain, make_record
@@ -148,13 +149,35 @@ async def test_finish_order_uses_its_index(tmp_path: Path) -> None:
     await j.close()
     conn = sqlite3.connect(tmp_path / "j.db")
     try:
-        plan = conn.execute(
-            "EXPLAIN QUERY PLAN SELECT COALESCE(MAX(finish_order), 0) + 1 FROM jobs"
-            " WHERE request_id = 'R1'"
-        ).fetchall()
+        params = {"request_id": "R1", "ends": "[]"}
+        plan = [str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + FINISH_JOBS, params)]
     finally:
         conn.close()
-    assert any("jobs_finish_order" in str(row[-1]) for row in plan), plan
+    # the highest finish order so far: one uncorrelated subquery (run once), by the index
+    assert "SCALAR SUBQUERY 2" in plan and not any("CORRELATED" in p for p in plan), plan
+    assert any("jobs_finish_order" in p for p in plan), plan
+    assert not any(p.startswith("SCAN jobs") for p in plan), plan
+
+
+async def test_finish_order_continues_across_shared_writes(tmp_path: Path) -> None:
+    """Completions in one shared write are numbered after every earlier one, in the order of
+    the write, whatever ends before them (a failed try takes no number)."""
+    j = await _journal(tmp_path / "j.db")
+    try:
+        await j.create_request(make_record("R1"), make_chain(6))
+        await j.jobs_started("R1", [(f"j{i}", 1, 1) for i in range(1, 7)], at=T0)
+        await j.tries_ended("R1", [_end("j4"), _end("j2")], at=T0)
+        failed = TryEnd(
+            job_id="j1", try_no=1, log_state=JobState.FAIL, job_state=JobState.FAIL, exit=1
+        )
+        await j.tries_ended("R1", [failed, _end("j6"), _end("j3")], at=T0 + 1)
+        loaded = await j.load_request("R1")
+        assert loaded is not None
+        assert loaded.completed_order == ["j4", "j2", "j6", "j3"]
+        orders = {jid: row.finish_order for jid, row in loaded.jobs.items()}
+        assert orders == {"j1": None, "j2": 2, "j3": 4, "j4": 1, "j5": None, "j6": 3}
+    finally:
+        await j.close()
 
 
 def _end(jid: str, *, then: tuple[tuple[str, int, int], ...] = ()) -> TryEnd:
