@@ -167,6 +167,66 @@ FROM s
 WHERE job_log.request_id = :request_id AND job_log.job_id = s.job_id AND job_log.try = s.try
     AND job_log.state = 'RUNNING'"""
 
+# ---- the single-end writes of several requests in one statement each (`daemon.journal.merged`):
+# the same statements with the request id (and the time) in every row.
+
+#: :ends = [[request_id, job_id, state, outputs JSON text or null, n or null], ...]: n is the
+#: completion's rank among the request's completions in the array; the request's highest
+#: finish order so far is read for every request named, once, before any row changes
+FINISH_JOBS_MANY = """WITH s(request_id, job_id, state, outputs, n) AS MATERIALIZED (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+        json_extract(value, '$[3]'), json_extract(value, '$[4]')
+    FROM json_each(:ends)
+), b(request_id, base) AS MATERIALIZED (
+    SELECT r.request_id, (
+        SELECT COALESCE(MAX(finish_order), 0) FROM jobs WHERE jobs.request_id = r.request_id
+    ) FROM (SELECT DISTINCT request_id FROM s) AS r
+)
+UPDATE jobs SET
+    state = s.state,
+    outputs = s.outputs,
+    finish_order = CASE WHEN s.n IS NULL THEN NULL ELSE b.base + s.n END
+FROM s JOIN b ON b.request_id = s.request_id
+WHERE jobs.request_id = s.request_id AND jobs.job_id = s.job_id AND jobs.state = 'RUNNING'"""
+
+#: :logs = [[request_id, job_id, try, state, exit, error, stdout, stderr, at], ...]
+FINISH_LOGS_MANY = """WITH s(request_id, job_id, try, state, exit, error, stdout, stderr, at)
+AS MATERIALIZED (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+        json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+        json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]')
+    FROM json_each(:logs)
+)
+UPDATE job_log SET
+    state = s.state, exit = s.exit, error = s.error, stdout = s.stdout, stderr = s.stderr,
+    finished_at = s.at
+FROM s
+WHERE job_log.request_id = s.request_id AND job_log.job_id = s.job_id AND job_log.try = s.try
+    AND job_log.state = 'RUNNING'"""
+
+#: :starts = [[request_id, job_id, try, seq_try, at], ...]
+START_JOBS_MANY = """WITH s(request_id, job_id, try, seq_try) AS MATERIALIZED (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+        json_extract(value, '$[3]')
+    FROM json_each(:starts)
+)
+UPDATE jobs SET state = 'RUNNING', tries = s.try, seq_try = s.seq_try FROM s
+WHERE jobs.request_id = s.request_id AND jobs.job_id = s.job_id AND jobs.state = 'PENDING'"""
+
+INSERT_LOGS_MANY = """INSERT INTO job_log (
+    request_id, job_id, try, seq_try, state, started_at, boot_id
+)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+    json_extract(value, '$[3]'), 'RUNNING', json_extract(value, '$[4]'), :boot_id
+FROM json_each(:starts) ORDER BY key"""
+
+#: :events = [[request_id, kind, state, at, job_id, try, detail], ...]; numbered in array order
+INSERT_EVENTS_MANY = """INSERT INTO events (request_id, kind, state, at, job_id, try, detail)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+    json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+    json_extract(value, '$[6]')
+FROM json_each(:events) ORDER BY key"""
+
 NEXT_PATCH_NUMBER = """SELECT COALESCE(MAX(n), 0) + 1 FROM chain_patches
 WHERE request_id = :request_id"""
 

@@ -23,7 +23,7 @@ from loguru import logger
 from daemon import ids
 from daemon.chain import Chain, ChainPatch
 from daemon.errors import BadRequest
-from daemon.journal import reads, schema, writes
+from daemon.journal import merged, reads, schema, writes
 from daemon.journal.checkpoint import Checkpointer
 from daemon.journal.errors import JournalError, JournalUnavailable
 from daemon.journal.inline import InlineReader
@@ -172,7 +172,7 @@ class Journal:
                     rec.id, RequestState.RUNNING, [RequestState.PENDING], started_at, ""
                 ),
             )
-        return await self._writer.submit(write)
+        return await self._writer.submit(write, rec.id)
 
     async def set_request_state(
         self,
@@ -185,23 +185,22 @@ class Journal:
     ) -> list[Event]:
         """CAS the request's state; sets started_at on first RUNNING, finished_at when final."""
         write = writes.make_set_request_state(request_id, state, expect, at, reason)
-        return await self._writer.submit(write)
+        return await self._writer.submit(write, request_id)
 
     async def job_started(
         self, request_id: str, job_id: str, try_no: int, seq_try: int, at: float
     ) -> list[Event]:
         """CAS PENDING -> RUNNING and a RUNNING job_log row for the try, stamped with the boot."""
         write = writes.make_job_started(request_id, job_id, try_no, seq_try, at, self.boot_id)
-        return await self._writer.submit(write)
+        return await self._writer.submit(write, request_id)
 
     async def jobs_started(
         self, request_id: str, starts: Sequence[tuple[str, int, int]], *, at: float
     ) -> list[Event]:
         """`job_started` for several jobs of a request, (job id, try, seq_try) each, in one
         write: every RUNNING row commits or none does."""
-        return await self._writer.submit(
-            writes.make_jobs_started(request_id, starts, at, self.boot_id)
-        )
+        write = writes.make_jobs_started(request_id, starts, at, self.boot_id)
+        return await self._writer.submit(write, request_id)
 
     async def job_finished(
         self,
@@ -252,13 +251,11 @@ class Journal:
         """`tries_ended` without waiting: the write is queued now (or raises now); the future
         resolves with its events once it has committed."""
         if len(ends) != 1:
-            return self._writer.enqueue(writes.make_tries_ended(request_id, ends, at, self.boot_id))
-        end = ends[0]
-        write = writes.make_try_ended(request_id, end, at)
-        if end.then_start:
-            starts = writes.make_jobs_started(request_id, end.then_start, at, self.boot_id)
-            write = writes.combine(write, starts)
-        return self._writer.enqueue(write)
+            write = writes.make_tries_ended(request_id, ends, at, self.boot_id)
+            return self._writer.enqueue(write, request_id)
+        # one try: a write the writer may merge with other requests' (daemon.journal.merged)
+        write = merged.make_try_end(request_id, ends[0], at, self.boot_id)
+        return self._writer.enqueue(write, request_id)
 
     async def interrupt_try(
         self,
@@ -272,7 +269,7 @@ class Journal:
     ) -> list[Event]:
         """A try that will not finish (older boot, shutdown): log row -> INTERRUPTED."""
         write = writes.make_interrupt_try(request_id, job_id, try_no, job_state, error, at)
-        return await self._writer.submit(write)
+        return await self._writer.submit(write, request_id)
 
     async def resume_request(
         self,
@@ -292,14 +289,15 @@ class Journal:
             for job_id, try_no, job_state, error in interrupts
         ]
         parts.append(writes.make_set_request_state(request_id, state, expect, at, reason))
-        return await self._writer.submit(writes.combine(*parts))
+        return await self._writer.submit(writes.combine(*parts), request_id)
 
     async def apply_patch(
         self, request_id: str, patch: ChainPatch, *, at: float | None = None
     ) -> list[Event]:
         """Store an expansion, add its jobs (PENDING), mark the deferred node COMPLETE."""
         when = time.time() if at is None else at
-        return await self._writer.submit(writes.make_apply_patch(request_id, patch, when))
+        write = writes.make_apply_patch(request_id, patch, when)
+        return await self._writer.submit(write, request_id)
 
     async def reset_jobs(
         self,
@@ -313,13 +311,14 @@ class Journal:
         """Jobs back to PENDING: tries kept, outputs cleared, each job's seq_try (its run
         epoch) up by one; and scope_tries[scope_id] = scope_try."""
         write = writes.make_reset_jobs(request_id, job_ids, scope_id, scope_try, at)
-        return await self._writer.submit(write)
+        return await self._writer.submit(write, request_id)
 
     async def skip_job(
         self, request_id: str, job_id: str, *, user: str, reason: str, at: float
     ) -> list[Event]:
         """CAS PENDING/FAIL/STOPPED -> SKIPPED; the event records who and why."""
-        return await self._writer.submit(writes.make_skip_job(request_id, job_id, user, reason, at))
+        write = writes.make_skip_job(request_id, job_id, user, reason, at)
+        return await self._writer.submit(write, request_id)
 
     async def prune_finished(self, older_than: float, batch: int = 500) -> int:
         """Delete finished requests (and all their rows) finished before `older_than`.

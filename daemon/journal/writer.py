@@ -18,7 +18,9 @@ again with one savepoint per write:
     COMMIT
 
 (writes are functions of the connection over values fixed when they were made, so running one
-twice is safe). A
+twice is safe). Consecutive single-try ends (`daemon.journal.merged.TryEndWrite`), of one
+request or several, run as one merged write in the optimistic pass; the savepoint pass runs
+each alone. A
 fault of the database itself (disk full, read-only file, I/O error), or a failed COMMIT,
 rolls back the whole batch and fails every future in it with `JournalUnavailable`; the
 writer records the error and keeps serving later batches, so the daemon recovers when the
@@ -30,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -40,6 +42,7 @@ from loguru import logger
 
 from daemon.journal import queries as q
 from daemon.journal.errors import JournalUnavailable
+from daemon.journal.merged import TryEndWrite, run_merged
 from daemon.journal.rows import WriterStats
 from daemon.mailbox import Mailbox
 
@@ -117,29 +120,71 @@ class _Refused(Exception):
     savepoints."""
 
 
+def merge_plan(
+    fns: Sequence[Callable[[sqlite3.Connection], Any]], requests: Sequence[str | None]
+) -> list[list[int]]:
+    """The order to run a batch's writes in: groups of positions, a group of several being
+    one merged write of single-try ends (`daemon.journal.merged`). A try end joins the open
+    group, i.e. runs before the writes between them, unless one of those is of its request
+    (so each request's writes keep their order) or of no known request (a barrier: nothing
+    moves across it). Writes of different requests touch different rows, so the journal ends
+    up the same; only the events' numbers across requests follow the new order."""
+    plan: list[list[int]] = []
+    group: list[int] | None = None
+    passed: set[str] = set()  # requests with a write since the group opened, not in it
+    for i, fn in enumerate(fns):
+        if isinstance(fn, TryEndWrite):
+            if group is not None and fn.request_id not in passed:
+                group.append(i)
+            else:
+                group = [i]
+                plan.append(group)
+                passed = set()
+            continue
+        plan.append([i])
+        request = requests[i]
+        if request is None:
+            group = None
+        elif group is not None:
+            passed.add(request)
+    return plan
+
+
 def _run_optimistic(
-    conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
+    conn: sqlite3.Connection,
+    fns: list[Callable[[sqlite3.Connection], Any]],
+    requests: Sequence[str | None],
 ) -> list[_Outcome]:
-    outcomes: list[_Outcome] = []
-    for fn in fns:
+    """Run every write, in `merge_plan`'s order; the outcomes in the batch's order. Any
+    refusal: `_Refused`."""
+    outcomes: list[_Outcome | None] = [None] * len(fns)
+    for group in merge_plan(fns, requests):
         try:
-            outcomes.append((True, fn(conn)))
+            if len(group) > 1:
+                writes = [cast(TryEndWrite, fns[i]) for i in group]
+                for i, events in zip(group, run_merged(conn, writes), strict=True):
+                    outcomes[i] = (True, events)
+            else:
+                outcomes[group[0]] = (True, fns[group[0]](conn))
         except Exception as exc:
             if is_fault(exc) or not conn.in_transaction:
                 raise
             raise _Refused from exc
-    return outcomes
+    return [o for o in outcomes if o is not None]
 
 
 def run_batch(
-    conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
+    conn: sqlite3.Connection,
+    fns: list[Callable[[sqlite3.Connection], Any]],
+    requests: Sequence[str | None] | None = None,
 ) -> tuple[list[_Outcome], float]:
-    """Run writes as one transaction (in the connection's thread); (outcomes, elapsed ms)."""
+    """Run writes as one transaction (in the connection's thread); (outcomes, elapsed ms).
+    `requests`: the request each write is about (None: unknown), for `merge_plan`."""
     start = time.perf_counter()
     conn.execute(q.BEGIN_IMMEDIATE)
     try:
         try:
-            outcomes = _run_optimistic(conn, fns)
+            outcomes = _run_optimistic(conn, fns, requests or [None] * len(fns))
         except _Refused:
             # one write was refused: undo everything, then isolate each write in a savepoint
             conn.execute(q.ROLLBACK)
@@ -160,6 +205,7 @@ def run_batch(
 class _Item:
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
+    request: str | None
 
 
 class Writer:
@@ -191,14 +237,17 @@ class Writer:
             self._task = asyncio.create_task(self._run(), name="journal-writer")
         return self._task
 
-    async def submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def submit(self, fn: Callable[[sqlite3.Connection], T], request: str | None = None) -> T:
         """Queue a write; returns its result once the batch holding it has committed.
+        `request`: the one request the write changes, if any (see `merge_plan`).
 
         A caller cancelled while waiting does not withdraw the write: it may still commit.
         """
-        return await self.enqueue(fn)
+        return await self.enqueue(fn, request)
 
-    def enqueue(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def enqueue(
+        self, fn: Callable[[sqlite3.Connection], T], request: str | None = None
+    ) -> asyncio.Future[T]:
         """Queue a write; a future of its result, resolved once the batch holding it has
         committed (for callers that react in a callback instead of a task of their own)."""
         if self._closing:
@@ -206,7 +255,7 @@ class Writer:
         if self._task is None or self._task.done():
             raise JournalUnavailable("the journal writer is not running")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(fn, future))
+        self._queue.put_nowait(_Item(fn, future, request))
         return future
 
     async def close(self) -> None:
@@ -244,9 +293,10 @@ class Writer:
 
     async def _commit(self, batch: list[_Item]) -> None:
         fns = [item.fn for item in batch]
+        requests = [item.request for item in batch]
         try:
             outcomes, elapsed_ms = await run_in_connection_thread(
-                self._db, partial(run_batch, fns=fns)
+                self._db, partial(run_batch, fns=fns, requests=requests)
             )
         except asyncio.CancelledError:
             self._fail(batch, "the journal writer was cancelled; the batch may not be saved")

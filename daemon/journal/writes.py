@@ -200,7 +200,7 @@ def _end_rows(
     log |= {"exit": end.exit, "error": end.error, "stdout": end.stdout, "stderr": end.stderr}
     log["at"] = at
     state = end.job_state.value
-    event = rows.event_params(request_id, "job", state, at, end.job_id, end.try_no, _detail(end))
+    event = rows.event_params(request_id, "job", state, at, end.job_id, end.try_no, try_detail(end))
     return job, log, event
 
 
@@ -248,7 +248,7 @@ def _events_of(
     ]
 
 
-def _changed(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> int:
+def changed_rows(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> int:
     """Run an INSERT/UPDATE and return the rows it changed. The sqlite3 module gives no
     rowcount for a statement that starts with WITH, and `SELECT changes()` would be one more
     statement (and one more GIL hand-off in the writer thread): the connection's running
@@ -259,7 +259,7 @@ def _changed(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> int:
     return conn.total_changes - before
 
 
-def _detail(end: TryEnd) -> str:
+def try_detail(end: TryEnd) -> str:
     detail = "" if end.log_state == end.job_state else f"try {end.log_state.value}"
     if end.error:
         detail = f"{detail}: {end.error}" if detail else end.error
@@ -286,7 +286,7 @@ def make_tries_ended(request_id: str, ends: Sequence[TryEnd], at: float, boot_id
         else:
             jobs.append([e.job_id, state, None, None])
         logs.append([e.job_id, e.try_no, e.log_state.value, e.exit, e.error, e.stdout, e.stderr])
-        events.append(["job", state, e.job_id, e.try_no, _detail(e)])
+        events.append(["job", state, e.job_id, e.try_no, try_detail(e)])
     key = {"request_id": request_id}
     finish = {**key, "ends": rows.to_json(jobs)}
     finish_logs = {**key, "logs": rows.to_json(logs), "at": at}
@@ -295,9 +295,9 @@ def make_tries_ended(request_id: str, ends: Sequence[TryEnd], at: float, boot_id
     ids = ", ".join(e.job_id for e in ends[:5]) + (", ..." if len(ends) > 5 else "")
 
     def write(conn: sqlite3.Connection) -> list[Event]:
-        if _changed(conn, q.FINISH_JOBS, finish) != len(jobs):
+        if changed_rows(conn, q.FINISH_JOBS, finish) != len(jobs):
             raise IllegalTransition(f"request {request_id}: not every job was RUNNING ({ids})")
-        if _changed(conn, q.FINISH_LOGS, finish_logs) != len(logs):
+        if changed_rows(conn, q.FINISH_LOGS, finish_logs) != len(logs):
             raise IllegalTransition(f"request {request_id}: not every try was RUNNING ({ids})")
         out = _events_of(conn, request_id, at, events)
         if then is not None:
@@ -329,7 +329,7 @@ def make_jobs_started(
     ids = ", ".join(j for j, _, _ in starts[:5]) + (", ..." if len(starts) > 5 else "")
 
     def write(conn: sqlite3.Connection) -> list[Event]:
-        if _changed(conn, q.START_JOBS, params) != len(starts):
+        if changed_rows(conn, q.START_JOBS, params) != len(starts):
             raise IllegalTransition(f"request {request_id}: not every job was PENDING ({ids})")
         try:
             conn.execute(q.INSERT_LOGS, params)
