@@ -103,7 +103,8 @@ class Runtime:
                 user=rec.user,
                 args=rec.args,
                 created_at=datetime.fromtimestamp(rec.created_at, UTC),
-                total_jobs=len(chain.jobs),
+                started_at=datetime.fromtimestamp(now, UTC),
+                total_jobs=sum(1 for j in chain.jobs.values() if j.kind == JobKind.JOB),
                 trace_id=rec.trace_id,
             )
             return view, True

@@ -37,6 +37,26 @@ sequences:
         category: job
         type: sleep
         with: {duration: 30s}
+  later:
+    request: true
+    nodes:
+      list:
+        category: job
+        type: sleep
+        with: {duration: 30s}
+        sets: [{arg: hosts}]
+      each-host:
+        category: sequence
+        type: one-host
+        each: ["hosts:host"]
+        deps: [list]
+  one-host:
+    args:
+      required: [{name: host}]
+    nodes:
+      work:
+        category: job
+        type: noop
 """
 
 
@@ -95,6 +115,17 @@ async def test_a_new_request_is_running_from_its_first_commit(rig: Rig) -> None:
     assert states[-1] == ("request", "COMPLETE")
     final = await rig.journal.get_view(view.id)
     assert final is not None and final.started_at is not None
+
+
+@pytest.mark.parametrize("type_", ["slow", "later"])
+async def test_the_answer_is_the_request_as_its_commit_left_it(rig: Rig, type_: str) -> None:
+    """The 201's body is built without reading the request back: it must say what a read says
+    (started, and the jobs counted as a read counts them: not the deferred `each` node)."""
+    view = await rig.create(type_)
+    read = await rig.journal.get_view(view.id)
+    assert read is not None
+    assert view == read
+    assert view.started_at == view.created_at and view.total_jobs == 1
 
 
 async def test_a_creation_caught_by_a_shutdown_is_left_suspended(
