@@ -5,13 +5,14 @@ successors it releases, `TryEnd.then_start`) is small and of one request. With m
 chains running, a group commit holds a dozen or more of these writes, each of six statements,
 and every statement the writer thread runs gives up the GIL for SQLite's step and must get it
 back from the busy event loop. `TryEndWrite` is such a write that also says what it writes, so
-that the writer can run a run of consecutive ones as five set-based statements over all of
-their rows (`run_merged`), the way a fan-out's ends already share their statements.
+that the writer can run several of a batch as five set-based statements over all of their
+rows (`run_merged`; which ones: `daemon.journal.writer.merge_plan`), the way a fan-out's ends
+already share their statements.
 
 Merging changes nothing the journal ends up holding: the rows, the finish orders (each
 request's completions are numbered after its highest so far, in the order of the writes) and
 the events (numbered in the order of the writes, each write's end before its starts) are what
-running the writes one after the other gives. Two writes of one run cannot touch the same job
+running the writes one after the other gives. Two writes of one group cannot touch the same job
 (a job ended here was started by an earlier commit; a job started here is PENDING), so the
 order of the statements does not matter either. Every compare-and-set still holds: if a count
 of changed rows is not the number of rows asked for, the merged write raises, and the writer
@@ -33,9 +34,9 @@ from daemon.journal.rows import TryEnd
 from daemon.journal.writes import (
     changed_rows,
     combine,
+    end_rows,
     make_jobs_started,
-    make_try_ended,
-    try_detail,
+    try_ended_write,
 )
 from daemon.model import Event, JobState
 
@@ -53,6 +54,7 @@ class TryEndWrite:
         at: float,
         boot_id: str,
         detail: str,
+        outputs: str | None,
         single: Callable[[sqlite3.Connection], list[Event]],
     ) -> None:
         self.request_id = request_id
@@ -60,8 +62,7 @@ class TryEndWrite:
         self.at = at
         self.boot_id = boot_id
         self.detail = detail
-        complete = end.job_state == JobState.COMPLETE
-        self.outputs = rows.to_json(end.outputs) if complete else None
+        self.outputs = outputs  # JSON text if the try COMPLETEd, else None
         self.single = single
 
     def __call__(self, conn: sqlite3.Connection) -> list[Event]:
@@ -69,11 +70,14 @@ class TryEndWrite:
 
 
 def make_try_end(request_id: str, end: TryEnd, at: float, boot_id: str) -> TryEndWrite:
-    """The write of one try's end and the starts it brings (checked and encoded now)."""
-    single = make_try_ended(request_id, end, at)
+    """The write of one try's end and the starts it brings (checked and encoded now, once
+    for both ways of running it)."""
+    job, log, event = end_rows(request_id, end, at)
+    single = try_ended_write(request_id, end, job, log, event)
     if end.then_start:
         single = combine(single, make_jobs_started(request_id, end.then_start, at, boot_id))
-    return TryEndWrite(request_id, end, at, boot_id, try_detail(end), single)
+    outputs = job["outputs"] if end.job_state == JobState.COMPLETE else None
+    return TryEndWrite(request_id, end, at, boot_id, event["detail"], outputs, single)
 
 
 def run_merged(conn: sqlite3.Connection, writes: Sequence[TryEndWrite]) -> list[list[Event]]:
@@ -128,13 +132,6 @@ def run_merged(conn: sqlite3.Connection, writes: Sequence[TryEndWrite]) -> list[
 
 def _event(seq: int, row: list[Any]) -> Event:
     rid, kind, state, at, job_id, try_no, detail = row
-    return Event(
-        seq=seq,
-        request_id=rid,
-        kind=kind,
-        state=state,
-        at=datetime.fromtimestamp(at, UTC),
-        job_id=job_id,
-        try_=try_no,
-        detail=detail,
+    return rows.new_event(
+        seq, rid, kind, state, datetime.fromtimestamp(at, UTC), job_id, try_no, detail
     )

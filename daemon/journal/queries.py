@@ -71,7 +71,6 @@ SELECT :request_id, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
     json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'), 'PENDING'
 FROM json_each(:jobs) ORDER BY key"""
 
-#: rows the last INSERT/UPDATE/DELETE changed (Python's rowcount is -1 for `WITH ... UPDATE`)
 INSERT_EVENT = """INSERT INTO events (request_id, kind, state, at, job_id, try, detail)
 VALUES (:request_id, :kind, :state, :at, :job_id, :try, :detail)"""
 

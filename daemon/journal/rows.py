@@ -243,6 +243,29 @@ def event_params(
     }
 
 
+def new_event(
+    seq: int,
+    request_id: str,
+    kind: str,
+    state: str,
+    at: datetime,
+    job_id: str | None,
+    try_: int | None,
+    detail: str,
+) -> Event:
+    """An event as the journal numbered it (for writes that append several at once)."""
+    return Event(
+        seq=seq,
+        request_id=request_id,
+        kind=kind,
+        state=state,
+        at=at,
+        job_id=job_id,
+        try_=try_,
+        detail=detail,
+    )
+
+
 def event_from_params(seq: int, params: dict[str, Any]) -> Event:
     return Event(
         seq=seq,

@@ -18,9 +18,9 @@ again with one savepoint per write:
     COMMIT
 
 (writes are functions of the connection over values fixed when they were made, so running one
-twice is safe). Consecutive single-try ends (`daemon.journal.merged.TryEndWrite`), of one
-request or several, run as one merged write in the optimistic pass; the savepoint pass runs
-each alone. A
+twice is safe). In the optimistic pass, the single-try ends of a batch
+(`daemon.journal.merged.TryEndWrite`) run as merged writes where `merge_plan` allows; the
+savepoint pass runs each write alone. A
 fault of the database itself (disk full, read-only file, I/O error), or a failed COMMIT,
 rolls back the whole batch and fails every future in it with `JournalUnavailable`; the
 writer records the error and keeps serving later batches, so the daemon recovers when the

@@ -186,10 +186,10 @@ def make_job_started(
     return write
 
 
-def _end_rows(
+def end_rows(
     request_id: str, end: TryEnd, at: float
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The jobs row, job_log row and event parameters of a try's end (checked)."""
+    """The jobs row, job_log row and event parameters of a try's end (checked and encoded)."""
     if end.log_state not in LOG_END_STATES:
         raise ValueError(f"a try cannot end in state {end.log_state}")
     if end.job_state not in JOB_AFTER_TRY:
@@ -200,14 +200,20 @@ def _end_rows(
     log |= {"exit": end.exit, "error": end.error, "stdout": end.stdout, "stderr": end.stderr}
     log["at"] = at
     state = end.job_state.value
-    event = rows.event_params(request_id, "job", state, at, end.job_id, end.try_no, try_detail(end))
+    event = rows.event_params(request_id, "job", state, at, end.job_id, end.try_no, _detail(end))
     return job, log, event
 
 
 def make_try_ended(request_id: str, end: TryEnd, at: float) -> Write:
     """CAS the job RUNNING -> end.job_state and its try's log row -> end.log_state (the
     starts of `end.then_start` are not written here: see `make_tries_ended`)."""
-    job, log, event = _end_rows(request_id, end, at)
+    return try_ended_write(request_id, end, *end_rows(request_id, end, at))
+
+
+def try_ended_write(
+    request_id: str, end: TryEnd, job: dict[str, Any], log: dict[str, Any], event: dict[str, Any]
+) -> Write:
+    """`make_try_ended` over rows `end_rows` made."""
     job_id, job_state = end.job_id, end.job_state
 
     def write(conn: sqlite3.Connection) -> list[Event]:
@@ -234,16 +240,7 @@ def _events_of(
     first = last - len(events) + 1
     when = datetime.fromtimestamp(at, UTC)
     return [
-        Event(
-            seq=first + i,
-            request_id=request_id,
-            kind=kind,
-            state=state,
-            at=when,
-            job_id=job_id,
-            try_=try_no,
-            detail=detail,
-        )
+        rows.new_event(first + i, request_id, kind, state, when, job_id, try_no, detail)
         for i, (kind, state, job_id, try_no, detail) in enumerate(events)
     ]
 
@@ -259,7 +256,7 @@ def changed_rows(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> 
     return conn.total_changes - before
 
 
-def try_detail(end: TryEnd) -> str:
+def _detail(end: TryEnd) -> str:
     detail = "" if end.log_state == end.job_state else f"try {end.log_state.value}"
     if end.error:
         detail = f"{detail}: {end.error}" if detail else end.error
@@ -286,7 +283,7 @@ def make_tries_ended(request_id: str, ends: Sequence[TryEnd], at: float, boot_id
         else:
             jobs.append([e.job_id, state, None, None])
         logs.append([e.job_id, e.try_no, e.log_state.value, e.exit, e.error, e.stdout, e.stderr])
-        events.append(["job", state, e.job_id, e.try_no, try_detail(e)])
+        events.append(["job", state, e.job_id, e.try_no, _detail(e)])
     key = {"request_id": request_id}
     finish = {**key, "ends": rows.to_json(jobs)}
     finish_logs = {**key, "logs": rows.to_json(logs), "at": at}

@@ -85,6 +85,14 @@ def first_try(ledger: Path) -> tuple[list[int], str]:
     return [int(start[0][3]), int(child[0][3])], start[0][4]
 
 
+def _clean_up(daemons: list[Daemon], pids: list[int]) -> None:
+    for daemon in daemons:
+        daemon.close()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("mode", ["polite", "stubborn"])
 def test_kill9_job_processes_stopped_before_the_new_try(tmp_path: Path, mode: str) -> None:
     env = {"SPIND_JOB_STOP_GRACE": "500ms", "SPIND_SHUTDOWN_GRACE": "0"}
@@ -127,11 +135,7 @@ def test_kill9_job_processes_stopped_before_the_new_try(tmp_path: Path, mode: st
         assert all(alive(p) for p in pids[2:])
         assert other.terminate() == 0
     finally:
-        d.close()
-        other.close()
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        _clean_up([d, other], pids)
 
 
 def test_refuses_to_start_without_its_tmp_dir(tmp_path: Path) -> None:
@@ -168,8 +172,4 @@ def test_the_harness_leaves_no_job_of_a_killed_daemon(tmp_path: Path) -> None:
         assert d.kill_jobs() == []
         assert other.terminate() == 0
     finally:
-        d.close()
-        other.close()
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        _clean_up([d, other], pids)
